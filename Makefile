@@ -1,0 +1,29 @@
+# The two commands a new user types (README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+ENV_PY := $(VENV)/bin/python
+
+.PHONY: install install-test demo test env clean
+
+## install: create .venv with torch, torchvision, detectron2 and this project (idempotent)
+install:
+	$(PYTHON) tools/install/setup_env.py --venv $(VENV)
+
+## install-test: install, plus the test dependencies (pytest, lightly)
+install-test:
+	$(PYTHON) tools/install/setup_env.py --venv $(VENV) --with-tests
+
+## demo: the main job on the embedded default (for now: set up and print the environment report)
+demo: install
+
+## test: set up (with test dependencies) and run the whole test suite
+test: install-test
+	$(ENV_PY) -m pytest tests
+
+## env: print the environment report
+env:
+	$(ENV_PY) tools/collect_env.py
+
+## clean: remove the environment (outputs are left alone)
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Stage one: self-supervised pretraining of ResNet encoders."""

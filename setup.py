@@ -1,0 +1,31 @@
+"""ssl2det: self-supervised ResNet pretraining (stage one, `pretrain`) and detectron2 transfer
+to detection and segmentation (stage two, `transfer`).
+
+Install with `make install`, which also provides detectron2 (it is not on PyPI under its own
+name; see tools/install/detectron2_fallback.py). A plain `pip install -e .` works in an
+environment that already has detectron2.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+
+def requirements():
+    lines = Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+setup(
+    name="ssl2det",
+    version="0.1.0",
+    description="Self-supervised ResNet pretraining (InfoCL, SuperInfo, MRCL, InfoMin on SimCLR, "
+    "MoCo v2, BYOL, Barlow Twins) and detectron2 transfer to detection and segmentation",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*"]),
+    install_requires=requirements() + ["detectron2>=0.6"],
+    extras_require={"test": ["pytest>=7", "lightly>=1.5"]},
+    license="Apache-2.0",
+)
