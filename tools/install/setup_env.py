@@ -167,6 +167,9 @@ def main(argv=None):
     parser.add_argument("--python", type=Path,
                         help="use this existing environment's interpreter instead of a venv "
                              "(its working torch is kept, whatever the version)")
+    parser.add_argument("--state-dir", type=Path,
+                        help="where setup.log and the download cache go (default: the venv, or "
+                             ".setup/ with --python)")
     parser.add_argument("--with-tests", action="store_true",
                         help="also install requirements-test.txt (pytest, lightly)")
     args = parser.parse_args(argv)
@@ -174,8 +177,8 @@ def main(argv=None):
     start = time.time()
     managed = args.python is None
     python = ensure_venv(args.venv) if managed else args.python
-    env_dir = args.venv if managed else REPO / ".setup"
-    env_dir.mkdir(exist_ok=True)
+    env_dir = args.state_dir or (args.venv if managed else REPO / ".setup")
+    env_dir.mkdir(parents=True, exist_ok=True)
     env = Environment(python, env_dir / "setup.log")
     files = [REPO / "requirements.txt"] + ([REPO / "requirements-test.txt"] if args.with_tests
                                            else [])

@@ -1,0 +1,25 @@
+"""Shared test fixtures: paths to the repository and to the real data sets in ../shared/data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SSL2DET_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# detectron2 resolves its builtin data sets (coco_2017_train, ...) from this variable when
+# detectron2.data is first imported, so it is set before any test imports detectron2.
+os.environ["DETECTRON2_DATASETS"] = str(SHARED_DATA / "detectron2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; skipped where it is absent, but in CI (CI=true) its absence fails."""
+    if not (SHARED_DATA / "README.md").is_file():
+        message = (f"shared data not found at {SHARED_DATA}; set SSL2DET_SHARED_DATA to the "
+                   "folder that holds cifar10-small/, detectron2/, raccoon-voc/ ...")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
