@@ -1,0 +1,184 @@
+"""Stage-one configuration: defaults in code, YAML files with `_BASE_`, `KEY VALUE` overrides.
+
+The same conventions as detectron2 (fvcore's CfgNode), so one style serves both stages. Keys
+unknown to the defaults are refused with the closest known names. Objectives add their keys
+with `register_config` (like detectron2 projects' `add_xxx_config`).
+"""
+
+import difflib
+import os
+
+from fvcore.common.config import CfgNode as CN
+
+_C = CN()
+_C.SEED = 0
+_C.OUTPUT_DIR = "output/pretrain"
+# Iterations between logged metrics (metrics.json, TensorBoard, progress bar loss). Scalars are
+# read from the device only then, so the loop has no per-step host sync.
+_C.LOG_PERIOD = 20
+
+_C.DATA = CN()
+_C.DATA.ROOT = ""  # ImageNet-layout training folder: ROOT/class/*.jpg
+_C.DATA.VAL_ROOT = ""  # optional, same layout: the kNN monitor's test set
+_C.DATA.NUM_WORKERS = 4  # loader worker processes per rank
+_C.DATA.PERSISTENT_WORKERS = True
+
+_C.INPUT = CN()
+_C.INPUT.SIZE = 224  # side of the square views
+_C.INPUT.AUGMENTATION = "simclr"  # view recipe: "simclr" or "infomin"
+_C.INPUT.CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop area range
+_C.INPUT.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+_C.INPUT.COLOR_JITTER_PROB = 0.8
+_C.INPUT.GRAYSCALE_PROB = 0.2
+_C.INPUT.BLUR_PROB = 0.5  # 0 for 32 px images (SimCLR's CIFAR recipe)
+_C.INPUT.MEAN = (0.485, 0.456, 0.406)  # torchvision's; the detectron2 configs use the same
+_C.INPUT.STD = (0.229, 0.224, 0.225)
+
+_C.MODEL = CN()
+_C.MODEL.ARCH = "resnet50"  # "resnet18" or "resnet50" (torchvision)
+_C.MODEL.CIFAR_STEM = False  # 3x3 stride-1 first conv, no max-pool (for 32-64 px images)
+_C.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cpu"
+_C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
+_C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
+_C.MODEL.COMPILE = False  # torch.compile the model
+
+_C.METHOD = CN()
+_C.METHOD.NAME = "simclr"  # "simclr", "mocov2", "byol", "barlow"
+_C.METHOD.PROJECTOR = CN()
+_C.METHOD.PROJECTOR.HIDDEN_DIM = 2048
+_C.METHOD.PROJECTOR.OUT_DIM = 128
+_C.METHOD.PROJECTOR.NUM_LAYERS = 2
+_C.METHOD.PROJECTOR.BN = True  # BN after each hidden linear layer
+_C.METHOD.SIMCLR = CN()
+_C.METHOD.SIMCLR.TEMPERATURE = 0.5
+_C.METHOD.MOCO = CN()
+_C.METHOD.MOCO.QUEUE_SIZE = 65536
+_C.METHOD.MOCO.MOMENTUM = 0.999
+_C.METHOD.MOCO.TEMPERATURE = 0.2
+_C.METHOD.MOCO.SHUFFLE_BN = True  # shuffle the key batch across ranks (needs > 1 rank)
+_C.METHOD.BYOL = CN()
+_C.METHOD.BYOL.PREDICTOR_HIDDEN_DIM = 4096
+_C.METHOD.BYOL.MOMENTUM_BASE = 0.996  # target EMA rate, raised to 1 by a cosine schedule
+_C.METHOD.BARLOW = CN()
+_C.METHOD.BARLOW.LAMBDA = 0.0051  # weight of the off-diagonal terms
+
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "lars"  # "lars", "sgd", "adam", "adamw"
+_C.SOLVER.BASE_LR = 0.3
+# lr = BASE_LR * BATCH_SIZE / REFERENCE_BATCH_SIZE ("linear"), its square root ("sqrt"), or as is
+_C.SOLVER.LR_SCALING = "linear"
+_C.SOLVER.REFERENCE_BATCH_SIZE = 256
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WEIGHT_DECAY = 1e-6
+_C.SOLVER.LARS_ETA = 0.001  # LARS trust coefficient
+# Biases and norm-layer parameters: no weight decay and no LARS adaptation (SimCLR/BYOL recipe)
+_C.SOLVER.EXCLUDE_BIAS_AND_NORM = True
+_C.SOLVER.WARMUP_EPOCHS = 10.0
+_C.SOLVER.FINAL_LR_FRACTION = 0.0  # cosine decays to BASE_LR * this
+_C.SOLVER.EPOCHS = 200
+_C.SOLVER.MAX_ITER = 0  # > 0 caps the total iterations (smoke runs); the schedule follows it
+_C.SOLVER.BATCH_SIZE = 256  # global, over all ranks
+_C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False
+_C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16", or "float16" (with a gradient scaler)
+
+_C.KNN = CN()
+_C.KNN.ENABLED = True  # needs DATA.VAL_ROOT
+_C.KNN.PERIOD_EPOCHS = 1
+_C.KNN.K = 200
+_C.KNN.TEMPERATURE = 0.1
+_C.KNN.MAX_TRAIN_IMAGES = 50000  # memory bank: at most this many training images (0: all)
+_C.KNN.BATCH_SIZE = 256
+
+_REGISTERED = []
+
+
+def register_config(add_keys):
+    """Register a function `add_keys(cfg)` that adds an objective's keys to the defaults."""
+    _REGISTERED.append(add_keys)
+    return add_keys
+
+
+def get_cfg() -> CN:
+    """A copy of the defaults, with every registered objective's keys."""
+    cfg = _C.clone()
+    for add_keys in _REGISTERED:
+        add_keys(cfg)
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it and the fix."""
+
+
+def _all_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, CN):
+            yield from _all_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _explain(err, cfg, source):
+    text = str(err)
+    key = text.split(":")[-1].strip().strip("'\"") if "Non-existent" in text else ""
+    if key:
+        close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        return ConfigError(f"{source}: unknown config key '{key}'.{hint} The known keys are the "
+                           "defaults in pretrain/config.py.")
+    return ConfigError(f"{source}: {text}")
+
+
+def load_config(config_file: str = "", opts=()) -> CN:
+    """Defaults <- YAML file (with `_BASE_`) <- `KEY VALUE` pairs, then validated and frozen."""
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, TypeError, AssertionError) as e:
+            raise _explain(e, cfg, config_file) from None
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must come in KEY VALUE pairs; got an odd list: {list(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise _explain(e, cfg, "command-line override") from None
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+_CHOICES = {
+    "MODEL.ARCH": ("resnet18", "resnet50"),
+    "MODEL.DEVICE": ("auto", "cuda", "cpu"),
+    "INPUT.AUGMENTATION": ("simclr", "infomin"),
+    "SOLVER.OPTIMIZER": ("lars", "sgd", "adam", "adamw"),
+    "SOLVER.LR_SCALING": ("linear", "sqrt", "none"),
+    "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
+}
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg):
+    """Value checks the type system of CfgNode cannot make."""
+    from .methods import METHODS  # the registry fills as the method modules are imported
+
+    choices = dict(_CHOICES, **{"METHOD.NAME": tuple(sorted(METHODS))})
+    for key, allowed in choices.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    if cfg.SOLVER.EPOCHS <= 0 and cfg.SOLVER.MAX_ITER <= 0:
+        raise ConfigError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")

@@ -1,0 +1,40 @@
+"""Data loaders for pretraining and for feature extraction."""
+
+import torch
+
+from .datasets import DatasetError, SeededViews, image_folder
+from .sampler import EpochBatchSampler
+from .transforms import build_view_transform, eval_transform
+
+
+def _loader_kwargs(cfg, persistent):
+    workers = cfg.DATA.NUM_WORKERS
+    return dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
+                persistent_workers=workers > 0 and persistent)
+
+
+def build_pretrain_loader(cfg, rank: int, world: int):
+    """(loader, sampler); the sampler's `set_epoch(epoch, start_batch)` positions it."""
+    if not cfg.DATA.ROOT:
+        raise DatasetError("DATA.ROOT is empty: set it to the training image folder "
+                           "(ROOT/<class>/<image>.jpg)")
+    dataset = SeededViews(cfg.DATA.ROOT, build_view_transform(cfg), cfg.SEED)
+    sampler = EpochBatchSampler(len(dataset), cfg.SOLVER.BATCH_SIZE, rank, world, cfg.SEED)
+    if sampler.batches_per_epoch == 0:
+        raise DatasetError(f"DATA.ROOT {cfg.DATA.ROOT} has {len(dataset)} images, fewer than one "
+                           f"batch (SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE}); lower the batch size")
+    # The loader gets its own generator so creating an iterator never draws from the global RNG
+    # (which the checkpoint restores on resume).
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                         generator=torch.Generator(),
+                                         **_loader_kwargs(cfg, cfg.DATA.PERSISTENT_WORKERS))
+    return loader, sampler
+
+
+def build_eval_loader(cfg, root: str, indices=None):
+    """Deterministic loader of (image, label) for feature extraction, optionally a subset."""
+    dataset = image_folder(root, eval_transform(cfg))
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.KNN.BATCH_SIZE, shuffle=False,
+                                       **_loader_kwargs(cfg, persistent=False))

@@ -1,0 +1,133 @@
+"""Checkpoints in detectron2's layout (model_NNNNNNN.pth, last_checkpoint, model_final.pth),
+written atomically and loaded with `weights_only=True`, plus the run state a resume needs."""
+
+import logging
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from fvcore.common.checkpoint import Checkpointer
+
+from .distributed import get_rank, get_world_size
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def atomic_write(path: str, write) -> None:
+    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it onto
+    `path`: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """torch.load with weights_only=True (no code from the file runs), with clear errors."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}). It may be truncated or not a "
+                              "torch checkpoint; pick another file.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
+    return data
+
+
+class AtomicCheckpointer(Checkpointer):
+    """fvcore's Checkpointer with atomic saves and safe loads."""
+
+    def save(self, name: str, **kwargs) -> None:
+        for obj in self.checkpointables.values():  # collectives: every rank takes part
+            if hasattr(obj, "gather"):
+                obj.gather()
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
+        atomic_write(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename.encode()))
+
+    def _load_file(self, f: str) -> dict:
+        return load_checkpoint_file(f)
+
+
+class RunState:
+    """The state besides model and optimiser that an exact resume needs: every rank's global
+    RNGs (the augmentation RNG is seeded per sample, see data/datasets.py), plus what the run
+    was, so that a converter or a resume can check it reads the right thing."""
+
+    def __init__(self, meta: dict):
+        self.meta = meta
+        self._ranks = []
+
+    def gather(self):
+        """Collect every rank's RNG state (called on all ranks before a save)."""
+        local = _rng_state()
+        if get_world_size() == 1:
+            self._ranks = [local]
+        else:
+            self._ranks = [None] * get_world_size()
+            dist.all_gather_object(self._ranks, local)
+
+    def state_dict(self):
+        return {"meta": self.meta, "ranks": self._ranks or [_rng_state()]}
+
+    def load_state_dict(self, state):
+        ranks = state["ranks"]
+        if len(ranks) != get_world_size():
+            logger.warning(f"the checkpoint holds the RNG state of {len(ranks)} processes, this "
+                           f"run has {get_world_size()}: random streams will differ from the "
+                           "uninterrupted run")
+        _set_rng_state(ranks[min(get_rank(), len(ranks) - 1)])
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2]),
+             "python": _to_builtin(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         state["numpy_pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _to_builtin(x):
+    return list(x) if isinstance(x, tuple) and len(x) > 10 else (
+        [_to_builtin(v) for v in x] if isinstance(x, tuple) else x)

@@ -1,0 +1,175 @@
+"""Process-group set-up and the collectives the losses need, with correct gradients.
+
+The rule that keeps multi-process training equal to one process on the whole batch: every rank
+computes a loss whose *mean over ranks* is the full-batch loss, gathers other ranks' embeddings
+with `gather_with_grad` (whose backward sums the gradient from all ranks and returns this rank's
+slice), and DDP averages the parameter gradients. tests/test_distributed.py checks it.
+"""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(device_type: str, timeout_s: float = 1800.0):
+    """Join the process group described by the environment; returns (rank, world, local_rank).
+
+    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under SLURM
+    (`srun python tools/pretrain.py ...`, one task per GPU) SLURM_PROCID / SLURM_NTASKS /
+    SLURM_LOCALID are used, with MASTER_ADDR / MASTER_PORT exported by the sbatch script.
+    A single process with none of these runs without a process group.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", 0))
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("under SLURM, export MASTER_ADDR (the first node's host name) and "
+                               "MASTER_PORT in the sbatch script; see docs/pretrain.md")
+        env.setdefault("MASTER_PORT", "29500")
+    else:
+        return 0, 1, 0
+    if world > 1 and not is_distributed():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return rank, world, local
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.batch, ctx.rank = x.shape[0], dist.get_rank()
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on this rank's slice: sum them
+        return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from all ranks (rank order), keeping the gradient to the local slice."""
+    return _GatherWithGrad.apply(x) if get_world_size() > 1 else x
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    if get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x) if get_world_size() > 1 else x
+
+
+def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (for logging; no gradient)."""
+    if get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / get_world_size()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose batch statistics span all ranks; any device, 2-D or 4-D input.
+
+    torch's SyncBatchNorm runs only on GPUs; this one uses a differentiable all-reduce so that
+    CPU (gloo) runs and tests compute exactly the statistics of the whole global batch.
+    Assumes the same batch size on every rank (the sampler guarantees it).
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() not in (2, 4):
+            raise ValueError(f"GlobalBatchNorm expects 2-D or 4-D input, got {x.dim()}-D")
+
+    def forward(self, x):
+        if not self.training or get_world_size() == 1:
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0] if x.dim() == 2 else [0, 2, 3]
+        shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
+        world = get_world_size()
+        count = x.numel() // x.shape[1] * world
+        xf = x.float()
+        stats = torch.cat([xf.mean(dims), (xf * xf).mean(dims)])
+        mean, meansq = (all_reduce_sum_with_grad(stats) / world).chunk(2)
+        var = (meansq - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / max(count - 1, 1),
+                                                  alpha=m)
+                self.num_batches_tracked += 1
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
+    """torch's SyncBatchNorm on CUDA; GlobalBatchNorm elsewhere (same statistics, slower)."""
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _convert(module)
+
+
+def _convert(module):
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        if module.track_running_stats:
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+    for name, child in module.named_children():
+        out.add_module(name, _convert(child))
+    return out

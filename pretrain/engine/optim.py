@@ -1,0 +1,83 @@
+"""Optimisers (LARS, SGD, Adam, AdamW) and the warm-up + cosine learning-rate schedule."""
+
+import math
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    Each parameter's update is scaled by eta * ||w|| / ||g + wd * w||. Parameter groups with
+    `lars_exclude=True` (biases and norm layers, in the SimCLR/BYOL recipes) skip both the
+    scaling and the weight decay.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if not group["lars_exclude"]:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0),
+                                        group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d = d.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(d).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def param_groups(model, weight_decay, exclude_bias_and_norm):
+    """Two groups: weights (decayed, LARS-adapted) and, if excluded, biases + norm parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def scaled_lr(cfg) -> float:
+    s = cfg.SOLVER
+    ratio = s.BATCH_SIZE / s.REFERENCE_BATCH_SIZE
+    return s.BASE_LR * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[s.LR_SCALING]
+
+
+def build_optimizer(cfg, model):
+    s = cfg.SOLVER
+    groups = param_groups(model, s.WEIGHT_DECAY, s.EXCLUDE_BIAS_AND_NORM)
+    lr = scaled_lr(cfg)
+    if s.OPTIMIZER == "lars":
+        return LARS(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY,
+                    eta=s.LARS_ETA)
+    for g in groups:  # only LARS reads this key
+        g.pop("lars_exclude", None)
+    if s.OPTIMIZER == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+    cls = torch.optim.Adam if s.OPTIMIZER == "adam" else torch.optim.AdamW
+    return cls(groups, lr=lr, weight_decay=s.WEIGHT_DECAY)
+
+
+def lr_at(iteration: int, max_iter: int, base_lr: float, warmup_iters: int,
+          final_fraction: float = 0.0) -> float:
+    """Linear warm-up from 0 over `warmup_iters`, then a half cosine to base_lr * final_fraction."""
+    if iteration < warmup_iters:
+        return base_lr * (iteration + 1) / warmup_iters
+    progress = (iteration - warmup_iters) / max(1, max_iter - warmup_iters)
+    final = base_lr * final_fraction
+    return final + (base_lr - final) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,120 @@
+"""Build everything a pretraining run needs from a config, and run it (tools/pretrain.py)."""
+
+import logging
+import os
+
+import torch
+from detectron2.engine import hooks
+from detectron2.utils.events import JSONWriter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
+
+from ..config import ConfigError
+from ..data import build_pretrain_loader
+from ..methods import build_method
+from .checkpoint import AtomicCheckpointer, CheckpointError, RunState
+from .distributed import convert_sync_batchnorm, get_world_size, init_distributed
+from .hooks import KNNMonitor, ProgressBar
+from .optim import build_optimizer
+from .trainer import PretrainTrainer
+
+logger = logging.getLogger("pretrain")
+
+#: What kind of file a checkpoint of this project is (read by the converter and by --resume).
+CHECKPOINT_FORMAT = "ssl2det-pretrain"
+
+
+def resolve_device(cfg) -> torch.device:
+    wanted = cfg.MODEL.DEVICE
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("MODEL.DEVICE is 'cuda' but no GPU is visible; use MODEL.DEVICE cpu")
+    return torch.device(wanted)
+
+
+def checkpoint_meta(cfg) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "arch": cfg.MODEL.ARCH,
+            "cifar_stem": cfg.MODEL.CIFAR_STEM, "method": cfg.METHOD.NAME}
+
+
+def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
+    device = resolve_device(cfg)
+    rank, world, local = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+    if cfg.SOLVER.BATCH_SIZE % world:
+        raise ConfigError(f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the "
+                          f"{world} processes; use a multiple of {world}")
+    if rank == 0:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+    for name in ("pretrain", "detectron2", "fvcore"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=name[:5])
+    logger.info(f"rank {rank}/{world} on {device}; config:\n{cfg.dump()}")
+
+    torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
+    method = build_method(cfg)
+    if world > 1 and cfg.MODEL.SYNC_BN:
+        method = convert_sync_batchnorm(method, device.type)
+    memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
+    method.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg, method)
+    model = method
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[local] if device.type == "cuda" else None,
+            broadcast_buffers=False)
+    if cfg.MODEL.COMPILE:
+        model = torch.compile(model)
+    torch.manual_seed(cfg.SEED + rank)  # rank-specific randomness from here on
+
+    loader, sampler = build_pretrain_loader(cfg, rank, world)
+    fp16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16"
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler)
+
+    run_state = RunState(checkpoint_meta(cfg))
+    checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,
+                                      optimizer=optimizer, scaler=scaler, run_state=run_state)
+    trainer.start_iter = 0
+    if resume and checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+        _check_resumable(path, checkpoint_meta(cfg))
+        extra = checkpointer.resume_or_load(path, resume=True)
+        trainer.start_iter = extra["iteration"] + 1
+        logger.info(f"resumed from {path}: continuing at iteration {trainer.start_iter}")
+
+    writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
+               TensorboardXWriter(cfg.OUTPUT_DIR)] if rank == 0 else []
+    knn = cfg.KNN.ENABLED and bool(cfg.DATA.VAL_ROOT)
+    trainer.register_hooks([
+        hooks.IterationTimer(warmup_iter=0),
+        KNNMonitor(cfg, method.encoder, device) if knn else None,
+        hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+        hooks.PeriodicWriter(writers, period=cfg.LOG_PERIOD) if writers else None,
+        ProgressBar(cfg.SOLVER.BATCH_SIZE),
+    ])
+    return trainer
+
+
+def _check_resumable(path, meta):
+    from .checkpoint import load_checkpoint_file
+
+    saved = load_checkpoint_file(path).get("run_state", {}).get("meta", {})
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project's pretraining; "
+                              "--resume needs the OUTPUT_DIR of an earlier run of the same config")
+    different = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+    if different:
+        raise CheckpointError(f"{path} comes from a different run: " + ", ".join(
+            f"{k} was {a!r}, now {b!r}" for k, (a, b) in different.items())
+            + ". Use a new OUTPUT_DIR, or the config of that run.")
+
+
+def run_pretraining(cfg, resume: bool = False) -> PretrainTrainer:
+    trainer = build_trainer(cfg, resume)
+    trainer.train(trainer.start_iter, trainer.max_iter)
+    if get_world_size() > 1:
+        torch.distributed.barrier()
+    return trainer

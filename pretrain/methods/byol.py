@@ -1,0 +1,38 @@
+"""BYOL (Grill et al., 2020): an online network predicts an EMA target network's projection."""
+
+import math
+
+import torch
+
+from ..losses import negative_cosine
+from ..models import mlp
+from .base import Method, MomentumTeacher, register_method
+
+
+@register_method("byol")
+class BYOL(Method):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        out = cfg.METHOD.PROJECTOR.OUT_DIM
+        self.head = self.projector()
+        self.predictor = mlp(out, cfg.METHOD.BYOL.PREDICTOR_HIDDEN_DIM, out, 2, True)
+        self.target = MomentumTeacher(self.encoder, self.head)
+        self.momentum_base = cfg.METHOD.BYOL.MOMENTUM_BASE
+
+    def forward(self, views):
+        hs, taps = self.encode(views)
+        z1, z2 = (self.head(h) for h in hs)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            encoder, head = self.target.copies
+            t1, t2 = (head(encoder(v)) for v in views)
+        loss = negative_cosine(p1, t2) + negative_cosine(p2, t1)
+        return {"losses": {"loss_byol": loss},
+                "features": {"h": hs, "taps": taps, "z": [z1, z2]}}
+
+    def target_momentum(self, iteration, max_iter):
+        """BYOL's schedule: base -> 1 along a cosine over training."""
+        return 1 - (1 - self.momentum_base) * (math.cos(math.pi * iteration / max_iter) + 1) / 2
+
+    def on_step_end(self, iteration, max_iter):
+        self.target.update([self.encoder, self.head], self.target_momentum(iteration, max_iter))

@@ -1,0 +1,55 @@
+"""Run one training step of a method in 1 process (whole batch) or W gloo processes (a slice
+each, DDP + GlobalBatchNorm), and return the gradients. Used by test_distributed.py."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from pretrain.config import load_config
+from pretrain.engine.distributed import convert_sync_batchnorm
+from pretrain.methods import build_method
+
+TINY = ["MODEL.ARCH", "resnet18", "MODEL.CIFAR_STEM", "True", "INPUT.SIZE", "16",
+        "METHOD.PROJECTOR.HIDDEN_DIM", "64", "METHOD.PROJECTOR.OUT_DIM", "32",
+        "MODEL.CHANNELS_LAST", "False"]
+
+
+def batch(n=8, size=16):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(n, 3, size, size, generator=g) for _ in range(2)]
+
+
+def one_step_grads(method_name, rank=0, world=1):
+    cfg = load_config("", TINY + ["METHOD.NAME", method_name])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    views = batch()
+    model = method
+    if world > 1:
+        method = convert_sync_batchnorm(method, "cpu")
+        model = torch.nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
+        n = views[0].shape[0] // world
+        views = [v[rank * n:(rank + 1) * n] for v in views]
+    loss = sum(model(views)["losses"].values())
+    loss.backward()
+    return {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
+
+
+def _worker(rank, world, init_file, method_name, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        grads = one_step_grads(method_name, rank, world)
+        if rank == 0:
+            torch.save(grads, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def distributed_grads(method_name, world, tmp_dir):
+    torch.set_num_threads(1)
+    out = os.path.join(tmp_dir, f"grads_{method_name}.pt")
+    torch.multiprocessing.spawn(_worker, args=(world, os.path.join(tmp_dir, "init"),
+                                               method_name, out), nprocs=world)
+    return torch.load(out, weights_only=True)
