@@ -11,18 +11,14 @@ model_NNNNNNN.pth, last_checkpoint, model_final.pth}.
 """
 
 import argparse
-import os
 import sys
 
-# This file is named like the `pretrain` package; drop its folder from the import path so that
-# `import pretrain` finds the package, not this script.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(__file__)]
-
-from pretrain.config import ConfigError, load_config  # noqa: E402
-from pretrain.data import DatasetError  # noqa: E402
-from pretrain.engine.checkpoint import CheckpointError  # noqa: E402
-from pretrain.engine.run import run_pretraining  # noqa: E402
-from pretrain.engine.trainer import NonFiniteLossError  # noqa: E402
+import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
+from pretrain.config import ConfigError, load_config
+from pretrain.data import DatasetError
+from pretrain.engine.checkpoint import CheckpointError
+from pretrain.engine.run import run_pretraining
+from pretrain.engine.trainer import NonFiniteLossError
 
 
 def main(argv=None):

@@ -9,7 +9,8 @@ from detectron2.engine import HookBase
 from tqdm import tqdm
 
 from ..data import build_eval_loader, image_folder
-from ..eval.knn import extract_features, gather_features, knn_top1, shard
+from ..eval.features import extract_features, gather_features, shard
+from ..eval.knn import knn_top1
 from .distributed import is_main_process
 
 logger = logging.getLogger(__name__)

@@ -1,41 +1,7 @@
 """Weighted k-nearest-neighbour classification on frozen, L2-normalised features
-(Wu et al., 2018: votes weighted by exp(similarity / T)), and feature extraction."""
+(Wu et al., 2018: votes weighted by exp(similarity / T))."""
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-
-from ..engine.distributed import get_rank, get_world_size
-
-
-@torch.no_grad()
-def extract_features(encoder, loader, device, channels_last=False):
-    """(features, labels) of a loader's images on this rank; features L2-normalised, on CPU."""
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for images, y in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        feats.append(F.normalize(encoder(images).float(), dim=1).cpu())
-        labels.append(y)
-    encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
-
-
-def gather_features(feats, labels):
-    """Concatenate every rank's (features, labels) on every rank."""
-    if get_world_size() == 1:
-        return feats, labels
-    parts = [None] * get_world_size()
-    dist.all_gather_object(parts, (feats, labels))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def shard(n: int):
-    """This rank's strided share of n items."""
-    return list(range(get_rank(), n, get_world_size()))
 
 
 @torch.no_grad()

@@ -1,0 +1,112 @@
+"""The pretraining engine end to end on the CPU: outputs, exact resume after SIGKILL, and clear
+errors for bad configs and data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+
+PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain.py")]
+
+
+def _run(args, **kwargs):
+    return subprocess.run(PRETRAIN + args, capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_ends_with_the_weights_of_an_uninterrupted_run(shared_data, tmp_path):
+    # MoCo v2 carries every kind of state: optimiser, queue and pointer, momentum encoder.
+    args = ["--config-file", str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"),
+            "DATA.ROOT", str(shared_data / "cifar10-small/test"), "DATA.VAL_ROOT", "",
+            "SOLVER.BATCH_SIZE", "32", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "METHOD.MOCO.QUEUE_SIZE", "64", "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "2"]
+    straight = _run(args + ["OUTPUT_DIR", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(PRETRAIN + args + ["OUTPUT_DIR", str(killed_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed_dir / "model_0000003.pth").exists():  # written after 4 iterations
+        assert proc.poll() is None and time.time() < deadline, "run ended before iteration 4"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "model_final.pth").exists(), "killed too late to test a resume"
+    for path in killed_dir.glob("*.pth"):  # whatever the kill interrupted, no .pth is partial
+        assert "model" in _load(path)
+
+    resumed = _run(["--resume"] + args + ["OUTPUT_DIR", str(killed_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing at iteration 4" in resumed.stdout
+
+    a, b = _load(tmp_path / "straight/model_final.pth"), _load(killed_dir / "model_final.pth")
+    assert a["iteration"] == b["iteration"] == 5
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert any(k.startswith("key_encoder.") for k in a["model"]) and "queue" in a["model"]
+    for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+def test_one_epoch_simclr_r18_on_cifar10_small_writes_every_output(shared_data, tmp_path):
+    out = tmp_path / "run"
+    result = _run(["--config-file", str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"),
+                   "DATA.ROOT", str(shared_data / "cifar10-small/train"),
+                   "DATA.VAL_ROOT", str(shared_data / "cifar10-small/test"),
+                   "OUTPUT_DIR", str(out), "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "250",
+                   "SOLVER.CHECKPOINT_PERIOD", "10", "LOG_PERIOD", "5", "DATA.NUM_WORKERS", "2",
+                   "KNN.MAX_TRAIN_IMAGES", "2000"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "config.yaml").is_file() and (out / "log.txt").is_file()
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "model_0000009.pth").is_file() and (out / "model_0000019.pth").is_file()
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [4, 9, 14, 19]  # 5,000 images / 250 = 20 iterations
+    for r in rows:
+        assert {"iteration", "loss", "lr", "data_time", "time"} <= r.keys()
+    assert 0 <= rows[-1]["knn_top1"] <= 100
+    final = _load(out / "model_final.pth")
+    assert final["run_state"]["meta"]["arch"] == "resnet18"
+    assert "encoder.layer4.1.conv2.weight" in final["model"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["SOLVER.BATCH_SIZ", "64"], "unknown config key 'SOLVER.BATCH_SIZ'. Did you mean SOLVER.BATCH_SIZE"),
+    (["SOLVER.BATCH_SIZE", "many"], "SOLVER.BATCH_SIZE"),
+    (["MODEL.ARCH", "resnet34"], "MODEL.ARCH = 'resnet34' is not one of resnet18, resnet50"),
+    (["METHOD.NAME", "swav"], "METHOD.NAME = 'swav' is not one of"),
+    (["DATA.ROOT", "/nonexistent/folder"], "cannot read image folder '/nonexistent/folder'"),
+    (["DATA.ROOT", ""], "DATA.ROOT is empty"),
+    (["SOLVER.BATCH_SIZE"], "KEY VALUE pairs"),
+])
+def test_bad_config_gets_one_clear_message_and_no_traceback(overrides, message, tmp_path):
+    result = _run(["--config-file", str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"),
+                   "OUTPUT_DIR", str(tmp_path), *overrides])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_every_shipped_pretrain_config_loads():
+    from pretrain.config import load_config
+
+    configs = sorted((REPO / "configs" / "pretrain").glob("[!B]*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        cfg = load_config(str(path))
+        assert path.name.startswith(cfg.METHOD.NAME + "_")
