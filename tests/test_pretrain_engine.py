@@ -110,3 +110,24 @@ def test_every_shipped_pretrain_config_loads():
     for path in configs:
         cfg = load_config(str(path))
         assert path.name.startswith(cfg.METHOD.NAME + "_")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_through_the_launcher(shared_data, tmp_path):
+    """tools/pretrain.sh --num-gpus 0 --num-procs 2: torchrun, gloo, GlobalBatchNorm, the
+    distributed kNN monitor and rank-0-only outputs."""
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [str(REPO / "tools/pretrain.sh"), str(REPO / "configs/pretrain/barlow_r18_cifar.yaml"),
+         "--num-gpus", "0", "--num-procs", "2", "--dist-url", "tcp://127.0.0.1:29533",
+         "DATA.ROOT", str(shared_data / "cifar10-small/test"),
+         "DATA.VAL_ROOT", str(shared_data / "cifar10-small/test"), "KNN.MAX_TRAIN_IMAGES", "200",
+         "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "16", "SOLVER.MAX_ITER", "2", "LOG_PERIOD", "1",
+         "DATA.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "rank 1/2" in (out / "log.txt.rank1").read_text()
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1] and "knn_top1" in rows[-1]
+    state = _load(out / "model_final.pth")["model"]
+    assert "encoder.bn1.running_mean" in state

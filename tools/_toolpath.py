@@ -1,4 +1,4 @@
-"""Imported first by the tools that use the `pretrain` package.
+"""Imported first by every tool that imports `pretrain` (directly or through `transfer`).
 
 Python puts a script's folder first on the import path, and tools/pretrain.py (the entry point
 the docs name) would then shadow the `pretrain` package. Removing tools/ from the path fixes it.

@@ -8,6 +8,7 @@ the compiled or the fallback build, and the devices seen.
 
 import argparse
 
+import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
 from transfer.environment import collect_env, format_table
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
-    for name in ("pretrain", "detectron2", "fvcore"):
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=name[:5])
+    for name, abbrev in (("pretrain", "pretrain"), ("detectron2", "d2"), ("fvcore", "fvcore")):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=abbrev)
     logger.info(f"rank {rank}/{world} on {device}; config:\n{cfg.dump()}")
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)

@@ -1,0 +1,167 @@
+"""Convert a pretraining checkpoint (this project's, a torchvision ResNet state dict, or a common
+third-party layout) into detectron2's weight format.
+
+Rules (../shared/docs/reference.md): strip the wrapper prefix; drop fc / projector / predictor /
+decoder keys; `conv1` -> `stem.conv1`, `bn1` -> `stem.conv1.norm`, `layerN` -> `res{N+1}`,
+`bnK` -> `convK.norm`, `downsample.0` -> `shortcut`, `downsample.1` -> `shortcut.norm`. The
+result is detectron2's pickle `{"model": {name: ndarray}, "__author__", "matching_heuristics"}`,
+so `DetectionCheckpointer` places `res5` in the backbone (FPN) or in the ROI head (C4) alike.
+"""
+
+import pickle
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+
+#: Prefixes that hold a momentum / EMA copy of the encoder (chosen with --ema).
+EMA_HINTS = ("target", "momentum", "encoder_k", "key_encoder", "teacher", "ema")
+ARCHS = {  # blocks per stage, and whether the blocks are bottlenecks (have conv3)
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
+}
+
+
+class ConversionError(ValueError):
+    """The input cannot be converted; the message says why and what to do."""
+
+
+@dataclass
+class Conversion:
+    weights: dict  # detectron2 name -> tensor
+    arch: str
+    prefix: str
+    source: str  # which layout was recognised
+    dropped: Counter = field(default_factory=Counter)  # top-level name -> number of tensors
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{k}.* ({n})" for k, n in sorted(self.dropped.items())) or "none"
+        return (f"{self.source}: {self.arch} backbone under prefix '{self.prefix}', "
+                f"{len(self.weights)} tensors mapped; dropped: {dropped}")
+
+
+def load_state_dict(path: str) -> tuple:
+    """(state dict, layout name) from a checkpoint file, loaded with weights_only=True."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: no such file") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"{path} cannot be loaded as a PyTorch checkpoint ({first}). It is truncated, not a "
+            "checkpoint, or a pickle that would run code (refused: checkpoints are loaded with "
+            "weights_only=True).") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a {type(data).__name__}, not a state dict")
+    meta = data.get("run_state", {}).get("meta", {}) if isinstance(data.get("run_state"), dict) else {}
+    if meta.get("format") == "ssl2det-pretrain":
+        return data["model"], f"ssl2det {meta.get('method')} checkpoint"
+    for key, layout in (("state_dict", "checkpoint with 'state_dict'"), ("model", "checkpoint "
+                        "with 'model'"), ("online_network", "BYOL-style checkpoint")):
+        if isinstance(data.get(key), dict):
+            return data[key], layout
+    return data, "plain state dict"
+
+
+def _candidate_prefixes(state):
+    """Prefixes P such that P + 'conv1.weight' is a 3-input-channel 4-D convolution."""
+    return [k[: -len("conv1.weight")] for k, v in state.items()
+            if k.endswith("conv1.weight") and torch.is_tensor(v) and v.dim() == 4
+            and v.shape[1] == 3 and "layer" not in k[: -len("conv1.weight")]]
+
+
+def find_backbone_prefix(state, ema: bool) -> str:
+    prefixes = _candidate_prefixes(state)
+    if not prefixes:
+        raise ConversionError("no ResNet backbone found: no key ends in 'conv1.weight' with a "
+                              "3-channel 4-D kernel (expected torchvision ResNet names such as "
+                              "'conv1.weight', 'layer1.0.conv1.weight', under any prefix)")
+    is_ema = [any(h in p.lower() for h in EMA_HINTS) for p in prefixes]
+    chosen = [p for p, e in zip(prefixes, is_ema) if e == ema]
+    if not chosen:
+        what = "momentum/EMA encoder (--ema)" if ema else "online encoder"
+        raise ConversionError(f"the checkpoint has no {what}; backbones found under: "
+                              f"{', '.join(repr(p) for p in prefixes)}")
+    return min(chosen, key=len)  # e.g. 'encoder.' over 'encoder.some.nested.'
+
+
+def infer_arch(backbone) -> str:
+    blocks = tuple(len({k.split(".")[1] for k in backbone if k.startswith(f"layer{i}.")})
+                   for i in range(1, 5))
+    bottleneck = any(".conv3." in k for k in backbone)
+    for arch, (layout, is_bottleneck) in ARCHS.items():
+        if layout == blocks and is_bottleneck == bottleneck:
+            return arch
+    raise ConversionError(f"the backbone's stages have {blocks} "
+                          f"{'bottleneck' if bottleneck else 'basic'} blocks: not a torchvision "
+                          f"ResNet ({', '.join(ARCHS)})")
+
+
+_RULES = [
+    (r"^conv1\.", "stem.conv1."),
+    (r"^bn1\.", "stem.conv1.norm."),
+    (r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}."),
+    (r"\.bn(\d)\.", lambda m: f".conv{m.group(1)}.norm."),
+    (r"\.downsample\.0\.", ".shortcut."),
+    (r"\.downsample\.1\.", ".shortcut.norm."),
+]
+
+
+def torchvision_to_detectron2_name(name: str) -> str:
+    for pattern, replacement in _RULES:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def convert_state_dict(state, ema=False, source="state dict") -> Conversion:
+    prefix = find_backbone_prefix(state, ema)
+    backbone, dropped = {}, Counter()
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):  # BN counters: detectron2 has none
+            continue
+        inner = key[len(prefix):] if key.startswith(prefix) else None
+        if inner is None or inner.startswith("fc.") or not torch.is_tensor(value):
+            dropped[f"{prefix}fc" if inner and inner.startswith("fc.") else key.split(".")[0]] += 1
+            continue
+        backbone[inner] = value
+    arch = infer_arch(backbone)
+    expected = {k: v.shape for k, v in getattr(torchvision.models, arch)().state_dict().items()
+                if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(backbone))
+    unexpected = sorted(set(backbone) - set(expected))
+    wrong = [f"{k}: {tuple(backbone[k].shape)} vs {tuple(s)}" for k, s in expected.items()
+             if k in backbone and backbone[k].shape != s]
+    if backbone.get("conv1.weight") is not None and backbone["conv1.weight"].shape[-1] == 3:
+        raise ConversionError(
+            "the backbone has a CIFAR stem (3x3 first convolution, no max-pool); detectron2's "
+            "ResNet stem is 7x7/2 + max-pool, so the weights would not transfer. Pretrain with "
+            "MODEL.CIFAR_STEM False for detection.")
+    if missing or unexpected or wrong:
+        problems = ([f"missing: {', '.join(missing[:8])}"] if missing else []) + \
+                   ([f"unexpected: {', '.join(unexpected[:8])}"] if unexpected else []) + \
+                   ([f"shape mismatch: {'; '.join(wrong[:5])}"] if wrong else [])
+        raise ConversionError(f"the backbone under '{prefix}' does not match torchvision's {arch}: "
+                              + " | ".join(problems))
+    weights = {torchvision_to_detectron2_name(k): v.detach().float() for k, v in backbone.items()}
+    return Conversion(weights, arch, prefix, source, dropped)
+
+
+def convert_checkpoint(path: str, ema: bool = False) -> Conversion:
+    state, layout = load_state_dict(path)
+    return convert_state_dict(state, ema, layout)
+
+
+def save_detectron2_weights(conversion: Conversion, path: str) -> None:
+    """detectron2's pickle format, written atomically."""
+    from pretrain.engine.checkpoint import atomic_write
+
+    data = {"model": {k: v.numpy() for k, v in conversion.weights.items()},
+            "__author__": f"ssl2det convert_to_d2 ({conversion.source}, {conversion.arch})",
+            "matching_heuristics": True}
+    atomic_write(path, lambda f: pickle.dump(data, f))
