@@ -52,8 +52,9 @@ def load_checkpoint_file(path: str) -> dict:
     return data
 
 
-class AtomicCheckpointer(Checkpointer):
-    """fvcore's Checkpointer with atomic saves and safe loads."""
+class AtomicSaveMixin:
+    """For fvcore / detectron2 checkpointers: checkpoints and `last_checkpoint` written
+    atomically (see `atomic_write`)."""
 
     def save(self, name: str, **kwargs) -> None:
         for obj in self.checkpointables.values():  # collectives: every rank takes part
@@ -73,6 +74,10 @@ class AtomicCheckpointer(Checkpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                      lambda f: f.write(last_filename_basename.encode()))
+
+
+class AtomicCheckpointer(AtomicSaveMixin, Checkpointer):
+    """fvcore's Checkpointer with atomic saves and safe loads (weights_only=True)."""
 
     def _load_file(self, f: str) -> dict:
         return load_checkpoint_file(f)

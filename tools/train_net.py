@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Fine-tune and evaluate detectron2 models from self-supervised backbones (stage two).
+
+    python tools/train_net.py --config-file configs/coco_mask_rcnn.yaml --num-gpus 8 \
+        MODEL.WEIGHTS output/simclr/r50_d2.pkl
+    python tools/train_net.py --config-file configs/voc_faster_rcnn.yaml \
+        --register-voc raccoon_train data/raccoon train --register-voc raccoon_test data/raccoon test \
+        --voc-classes raccoon DATASETS.TRAIN '("raccoon_train",)' DATASETS.TEST '("raccoon_test",)' \
+        MODEL.ROI_HEADS.NUM_CLASSES 1
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/run/model_final.pth
+
+detectron2's conventions: --num-gpus, --num-machines, --machine-rank, --dist-url, --resume,
+--eval-only, trailing KEY VALUE overrides. Builtin data sets (coco_2017_train, voc_2007_test, ...)
+are found under $DETECTRON2_DATASETS. Without a GPU it runs on the CPU (one process). The final
+metrics are printed as a table and saved to OUTPUT_DIR/final_metrics.json.
+"""
+
+import json
+import sys
+
+import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
+import torch
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from transfer.data import (VOC_CLASSES, DatasetRegistrationError, register_builtin_voc_semseg,
+                           register_coco, register_semseg, register_voc)
+from transfer.trainer import (Trainer, TransferCheckpointer, TransferSetupError, flatten_results,
+                              save_final_metrics, setup)
+
+HEADLINE = ("AP", "AP50", "AP75", "mIoU", "fwIoU", "mACC", "pACC")
+
+
+def register_datasets(args):
+    register_builtin_voc_semseg()
+    for name, json_file, image_dir in args.register_coco:
+        register_coco(name, json_file, image_dir)
+    classes = [c.strip() for c in args.voc_classes.split(",") if c.strip()]
+    for name, voc_dir, split in args.register_voc:
+        register_voc(name, voc_dir, split, classes)
+    for name, image_dir, label_dir in args.register_semseg:
+        with open(f"{label_dir}/classes.json") as f:
+            register_semseg(name, image_dir, label_dir, json.load(f))
+
+
+def report(cfg, results):
+    flat = flatten_results(results)
+    rows = [(k, v) for k, v in flat.items() if k.split("/")[-1] in HEADLINE]
+    print("\nfinal metrics (" + ", ".join(cfg.DATASETS.TEST) + "):")
+    print(tabulate(rows, headers=["metric", "value"], tablefmt="github", floatfmt=".2f"))
+    print(f"saved to {save_final_metrics(cfg, results)}")
+
+
+def main(args):
+    register_datasets(args)
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        TransferCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", {})
+    if comm.is_main_process() and results:
+        report(cfg, results)
+    return results
+
+
+def build_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--register-coco", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_DIR"),
+                        help="register a COCO-format instance data set (repeatable)")
+    parser.add_argument("--register-voc", nargs=3, action="append", default=[],
+                        metavar=("NAME", "VOC_DIR", "SPLIT"),
+                        help="register a PASCAL VOC-layout detection data set (repeatable)")
+    parser.add_argument("--voc-classes", default=",".join(VOC_CLASSES),
+                        help="comma-separated class names of --register-voc data (default: "
+                             "the 20 VOC classes)")
+    parser.add_argument("--register-semseg", nargs=3, action="append", default=[],
+                        metavar=("NAME", "IMAGE_DIR", "LABEL_DIR"),
+                        help="register images + label PNGs (LABEL_DIR/classes.json names the "
+                             "classes; see tools/coco_to_semseg.py) (repeatable)")
+    return parser
+
+
+if __name__ == "__main__":
+    args = build_parser().parse_args()
+    if args.num_gpus > max(1, torch.cuda.device_count()):
+        print(f"error: --num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
+              "visible; without GPUs use --num-gpus 1 (the CPU, one process)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except (TransferSetupError, DatasetRegistrationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,94 @@
+"""Data sets for stage two: registration from the command line, VOC semantic segmentation,
+and a dataset mapper that reads label PNGs as stored."""
+
+import copy
+import os
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.data.datasets import load_sem_seg, register_coco_instances
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # noqa: F401
+from detectron2.data.datasets.pascal_voc import register_pascal_voc
+from PIL import Image
+
+
+class DatasetRegistrationError(ValueError):
+    """A data set given on the command line cannot be used; the message says why."""
+
+
+def _require(path, what, fix):
+    if not os.path.exists(path):
+        raise DatasetRegistrationError(f"{what} not found: {path}. {fix}")
+
+
+def register_coco(name, json_file, image_dir):
+    """`--register-coco NAME JSON IMAGE_DIR`: COCO-format instances (boxes, polygons)."""
+    _require(json_file, "COCO json", "Give the instances_*.json of the data set.")
+    _require(image_dir, "image folder", "Give the folder the json's file_name entries are in.")
+    register_coco_instances(name, {}, json_file, image_dir)
+
+
+def register_voc(name, voc_dir, split, class_names=VOC_CLASSES, year=2012):
+    """`--register-voc NAME VOC_DIR SPLIT`: PASCAL VOC layout (Annotations/, JPEGImages/,
+    ImageSets/Main/SPLIT.txt). `year` 2007 selects VOC07's 11-point AP in the evaluator;
+    the default scores with the area under the precision-recall curve."""
+    for sub in ("Annotations", "JPEGImages", f"ImageSets/Main/{split}.txt"):
+        _require(os.path.join(voc_dir, sub), f"VOC {sub}", "Expected PASCAL VOC's layout.")
+    register_pascal_voc(name, voc_dir, split, year, list(class_names))
+    MetadataCatalog.get(name).evaluator_type = "pascal_voc"
+
+
+def register_semseg(name, image_dir, label_dir, classes, ignore_label=255, image_ext="jpg"):
+    """Semantic segmentation from an image folder and a folder of label PNGs of the same names
+    (pixel value = class index, `ignore_label` = unlabelled)."""
+    _require(image_dir, "image folder", "")
+    _require(label_dir, "label folder", "Make one with tools/coco_to_semseg.py.")
+    DatasetCatalog.register(name, lambda: load_sem_seg(label_dir, image_dir, "png", image_ext))
+    MetadataCatalog.get(name).set(stuff_classes=list(classes), ignore_label=ignore_label,
+                                  evaluator_type="sem_seg", image_root=image_dir,
+                                  sem_seg_root=label_dir)
+
+
+def _load_voc_semseg(voc_dir, split):
+    ids = open(os.path.join(voc_dir, "ImageSets/Segmentation", f"{split}.txt")).read().split()
+    return [{"file_name": os.path.join(voc_dir, "JPEGImages", f"{i}.jpg"),
+             "sem_seg_file_name": os.path.join(voc_dir, "SegmentationClass", f"{i}.png"),
+             "image_id": i} for i in ids]
+
+
+def register_builtin_voc_semseg(root=None):
+    """voc_2012_sem_seg_{train,val}: DETECTRON2_DATASETS/VOC2012 in VOC's SegmentationClass
+    layout (21 classes with background, 255 = boundary/ignore)."""
+    root = root or os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    voc_dir = os.path.join(root, "VOC2012")
+    for split in ("train", "val"):
+        name = f"voc_2012_sem_seg_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda s=split: _load_voc_semseg(voc_dir, s))
+        MetadataCatalog.get(name).set(stuff_classes=["background", *VOC_CLASSES],
+                                      ignore_label=255, evaluator_type="sem_seg")
+
+
+class SemSegDatasetMapper(DatasetMapper):
+    """DatasetMapper for semantic segmentation that reads label PNGs as stored.
+
+    detectron2's mapper converts label images with PIL's convert("L"), which turns palette PNGs
+    (VOC's SegmentationClass) into grey levels instead of class indices; here the indices are
+    read as they are.
+    """
+
+    def __call__(self, dataset_dict):
+        d = copy.deepcopy(dataset_dict)
+        image = utils.read_image(d["file_name"], format=self.image_format)
+        utils.check_image_size(d, image)
+        label = np.asarray(Image.open(d.pop("sem_seg_file_name")), dtype=np.uint8)
+        aug = T.AugInput(image, sem_seg=label)
+        self.augmentations(aug)
+        d["image"] = torch.as_tensor(np.ascontiguousarray(aug.image.transpose(2, 0, 1)))
+        if self.is_train:
+            d["sem_seg"] = torch.as_tensor(aug.sem_seg.astype("long"))
+        return d
