@@ -42,6 +42,10 @@ _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
 _C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
 _C.MODEL.COMPILE = False  # torch.compile the model
 
+# Objectives added to the method's loss, by name: "infocl_rc", "infocl_lbe", "superinfo",
+# "mrcl" (pretrain/objectives; each adds its own keys).
+_C.OBJECTIVES = ()
+
 _C.METHOD = CN()
 _C.METHOD.NAME = "simclr"  # "simclr", "mocov2", "byol", "barlow"
 _C.METHOD.PROJECTOR = CN()
@@ -102,6 +106,8 @@ def register_config(add_keys):
 
 def get_cfg() -> CN:
     """A copy of the defaults, with every registered objective's keys."""
+    from . import objectives  # noqa: F401  (registers the objectives' keys)
+
     cfg = _C.clone()
     for add_keys in _REGISTERED:
         add_keys(cfg)
@@ -177,6 +183,11 @@ def validate(cfg):
     for key, allowed in choices.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    from .objectives import OBJECTIVES
+
+    unknown = [name for name in cfg.OBJECTIVES if name not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"OBJECTIVES {unknown} unknown; choose from {', '.join(sorted(OBJECTIVES))}")
     for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")

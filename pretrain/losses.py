@@ -5,6 +5,8 @@ of the per-rank losses equals the loss of one process holding the whole batch (s
 engine/distributed.py). With one process the gathers are identities.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +63,39 @@ def info_nce_with_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
     negatives = q @ queue.T
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def lbe_bound(h: torch.Tensor, mu: torch.Tensor, rho: float) -> torch.Tensor:
+    """InfoCL's lower-bound estimate of I(h; v) for a stochastic feature h = mu(v) + sigma*eps.
+
+    The InfoNCE bound with the Gaussian-channel critic f(h, v) = -rho * ||h - mu(v)||^2 over the
+    global batch of N: mean_i [f(h_i, v_i) - logsumexp_j f(h_i, v_j)] + log N. With
+    rho = 1 / (2 sigma^2) the critic is the true log-likelihood, and the bound lies below
+    min(I(h; v), log N). The positive term f(h_i, v_i) = -rho * sigma^2 * ||eps_i||^2 carries no
+    gradient; InfoCL's code omits it, which shifts the value by a constant only.
+    h, mu: this rank's (n, d); the candidates mu_j come from all ranks.
+    """
+    dtype = torch.promote_types(h.dtype, torch.float32)  # at least float32 under AMP
+    h, mu = h.to(dtype), mu.to(dtype)
+    candidates = gather_with_grad(mu)
+    sq_dist = (h.pow(2).sum(1, keepdim=True) - 2 * h @ candidates.T
+               + candidates.pow(2).sum(1)).clamp_min(0)
+    positive = -rho * (h - mu).pow(2).sum(1)
+    return (positive - torch.logsumexp(-rho * sq_dist, dim=1)).mean() + math.log(len(candidates))
+
+
+def gaussian_kl(mu_p, std_p, mu_q, std_q) -> torch.Tensor:
+    """KL(N(mu_p, std_p^2) || N(mu_q, std_q^2)) for diagonal Gaussians, summed over dimensions
+    and averaged over the batch."""
+    var_p, var_q = std_p.pow(2), std_q.pow(2)
+    kl = torch.log(std_q / std_p) + (var_p + (mu_p - mu_q).pow(2)) / (2 * var_q) - 0.5
+    return kl.sum(1).mean()
+
+
+def reconstruction_mse(reconstruction, target, mask=None) -> torch.Tensor:
+    """Mean squared error per pixel, optionally only where `mask` (N, 1, H, W) is 1."""
+    err = (reconstruction.float() - target.float()).pow(2)
+    if mask is None:
+        return err.mean()
+    mask = mask.expand_as(err)
+    return (err * mask).sum() / mask.sum().clamp_min(1)

@@ -106,10 +106,11 @@ def test_every_shipped_pretrain_config_loads():
     from pretrain.config import load_config
 
     configs = sorted((REPO / "configs" / "pretrain").glob("[!B]*.yaml"))
-    assert len(configs) >= 8
+    assert len(configs) >= 19
     for path in configs:
         cfg = load_config(str(path))
-        assert path.name.startswith(cfg.METHOD.NAME + "_")
+        named = [cfg.METHOD.NAME, *cfg.OBJECTIVES, "infomin" * (cfg.INPUT.AUGMENTATION == "infomin")]
+        assert any(path.name.startswith(n + "_") or f"_{n}_" in path.name for n in named if n)
 
 
 @pytest.mark.slow

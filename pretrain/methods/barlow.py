@@ -11,7 +11,7 @@ class BarlowTwins(Method):
         self.head = self.projector()
         self.lambd = cfg.METHOD.BARLOW.LAMBDA
 
-    def forward(self, views):
+    def compute(self, views):
         hs, taps = self.encode(views)
         z1, z2 = (self.head(h) for h in hs)
         return {"losses": {"loss_barlow": barlow_twins(z1, z2, self.lambd)},

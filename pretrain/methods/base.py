@@ -18,14 +18,23 @@ def register_method(name):
 
 
 def build_method(cfg) -> "Method":
-    return METHODS[cfg.METHOD.NAME](cfg)
+    """The method of METHOD.NAME with the objectives of OBJECTIVES attached."""
+    from ..objectives import OBJECTIVES
+
+    method = METHODS[cfg.METHOD.NAME](cfg)
+    for name in cfg.OBJECTIVES:
+        method.objectives.append(OBJECTIVES[name](cfg, method))
+    return method
 
 
 class Method(nn.Module):
-    """An encoder (`self.encoder`, a torchvision ResNet) plus the method's heads.
+    """An encoder (`self.encoder`, a torchvision ResNet), the method's heads, and the objectives
+    (pretrain/objectives) attached to it.
 
-    Subclasses implement `forward(views)`; the result's "features" hold, per view, the pooled
-    backbone feature "h" (and the "taps" an objective asked for through `self.taps`).
+    Subclasses implement `compute(views)` -> {"losses": {...}, "features": {...}}, whose
+    "features" hold, per view, the pooled backbone feature "h" (and the "taps" objectives asked
+    for through `self.taps`). `forward` lets each objective prepare the views (MRCL masks them),
+    runs `compute`, and adds each objective's loss terms.
     """
 
     def __init__(self, cfg):
@@ -33,23 +42,47 @@ class Method(nn.Module):
         self.cfg = cfg
         self.encoder = ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM)
         self.taps = ()  # stage names whose pooled outputs objectives need
+        # InfoCL LBE makes h stochastic while training: h = mu + sigma * eps (0: deterministic)
+        self.feature_sigma = 0.0
+        self.objectives = nn.ModuleList()
+
+    def forward(self, views):
+        inputs = views
+        for objective in self.objectives:
+            inputs = objective.prepare(inputs)
+        out = self.compute(inputs)
+        features = out["features"]
+        features["views"], features["originals"], features["mu"] = inputs, views, self.last_mu
+        for objective in self.objectives:
+            out["losses"].update(objective(out["features"]))
+        return out
+
+    def compute(self, views):
+        raise NotImplementedError
 
     def projector(self, last_bn=False) -> nn.Module:
         p = self.cfg.METHOD.PROJECTOR
         return mlp(self.encoder.out_dim, p.HIDDEN_DIM, p.OUT_DIM, p.NUM_LAYERS, p.BN, last_bn)
 
     def encode(self, views):
-        """Encode each view; returns (list of h, list of tap dicts)."""
-        hs, taps = [], []
+        """Encode each view; returns (list of h, list of tap dicts). The noise-free features
+        ("mu") are kept in `self.last_mu` for the LBE objective."""
+        hs, taps, self.last_mu = [], [], []
         for v in views:
             out = self.encoder(v, self.taps)
             h, t = out if self.taps else (out, {})
+            self.last_mu.append(h)
+            if self.training and self.feature_sigma > 0:
+                h = h + self.feature_sigma * torch.randn_like(h)
             hs.append(h)
             taps.append(t)
         return hs, taps
 
     def on_step_end(self, iteration: int, max_iter: int) -> None:
-        """Called after each optimiser step (momentum encoders update here)."""
+        """Called after each optimiser step: momentum encoders update here, and objectives
+        with schedules."""
+        for objective in self.objectives:
+            objective.on_step_end(iteration, max_iter)
 
 
 class MomentumTeacher(nn.Module):

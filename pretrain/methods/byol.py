@@ -19,7 +19,7 @@ class BYOL(Method):
         self.target = MomentumTeacher(self.encoder, self.head)
         self.momentum_base = cfg.METHOD.BYOL.MOMENTUM_BASE
 
-    def forward(self, views):
+    def compute(self, views):
         hs, taps = self.encode(views)
         z1, z2 = (self.head(h) for h in hs)
         p1, p2 = self.predictor(z1), self.predictor(z2)
@@ -35,4 +35,5 @@ class BYOL(Method):
         return 1 - (1 - self.momentum_base) * (math.cos(math.pi * iteration / max_iter) + 1) / 2
 
     def on_step_end(self, iteration, max_iter):
+        super().on_step_end(iteration, max_iter)
         self.target.update([self.encoder, self.head], self.target_momentum(iteration, max_iter))

@@ -48,7 +48,7 @@ class MoCoV2(Method):
         self.queue[idx] = k.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + k.shape[0]) % size)
 
-    def forward(self, views):
+    def compute(self, views):
         hs, taps = self.encode(views)
         q = F.normalize(self.head(hs[0]), dim=1)
         k = self._keys(views[1])
@@ -58,4 +58,5 @@ class MoCoV2(Method):
         return {"losses": {"loss_info_nce": loss}, "features": {"h": hs, "taps": taps}}
 
     def on_step_end(self, iteration, max_iter):
+        super().on_step_end(iteration, max_iter)
         self.key_encoder.update([self.encoder, self.head], self.momentum)

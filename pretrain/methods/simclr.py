@@ -11,7 +11,7 @@ class SimCLR(Method):
         self.head = self.projector()
         self.temperature = cfg.METHOD.SIMCLR.TEMPERATURE
 
-    def forward(self, views):
+    def compute(self, views):
         hs, taps = self.encode(views)
         z1, z2 = (self.head(h) for h in hs)
         return {"losses": {"loss_nt_xent": nt_xent(z1, z2, self.temperature)},
