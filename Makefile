@@ -13,8 +13,10 @@ install:
 install-test:
 	$(PYTHON) tools/install/setup_env.py --venv $(VENV) --with-tests
 
-## demo: the main job on the embedded default (for now: set up and print the environment report)
+## demo: set up, then the main job on the embedded default: pretrain -> convert -> fine-tune
+##       -> evaluate -> report (output/demo/report.html), about 15 minutes on 2 CPU cores
 demo: install
+	$(ENV_PY) tools/pipeline.py configs/pipeline/demo.yaml
 
 ## test: set up (with test dependencies) and run the whole test suite
 test: install-test

@@ -16,6 +16,7 @@ metrics are printed as a table and saved to OUTPUT_DIR/final_metrics.json.
 """
 
 import json
+import os
 import sys
 
 import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
@@ -60,6 +61,11 @@ def main(args):
         TransferCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
+        if args.save_predictions and comm.is_main_process():
+            from transfer.visualize import save_predictions
+
+            save_predictions(cfg, model, cfg.DATASETS.TEST[0],
+                             os.path.join(cfg.OUTPUT_DIR, "predictions"), args.save_predictions)
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
@@ -81,6 +87,9 @@ def build_parser():
     parser.add_argument("--voc-classes", default=",".join(VOC_CLASSES),
                         help="comma-separated class names of --register-voc data (default: "
                              "the 20 VOC classes)")
+    parser.add_argument("--save-predictions", type=int, default=0, metavar="N",
+                        help="with --eval-only: draw the predictions on the first N test images "
+                             "into OUTPUT_DIR/predictions/")
     parser.add_argument("--register-semseg", nargs=3, action="append", default=[],
                         metavar=("NAME", "IMAGE_DIR", "LABEL_DIR"),
                         help="register images + label PNGs (LABEL_DIR/classes.json names the "

@@ -15,7 +15,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, Se
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from pretrain.engine.checkpoint import AtomicSaveMixin
+from pretrain.engine.checkpoint import AtomicSaveMixin, atomic_write
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .data import SemSegDatasetMapper
@@ -162,6 +162,6 @@ def flatten_results(results) -> dict:
 def save_final_metrics(cfg, results, filename="final_metrics.json"):
     """Write the evaluation results as JSON in OUTPUT_DIR; returns the path."""
     path = os.path.join(cfg.OUTPUT_DIR, filename)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1, default=float)
+    text = json.dumps(results, indent=1, default=float)
+    atomic_write(path, lambda f: f.write(text.encode()))  # the pipeline's "evaluated" marker
     return path

@@ -1,0 +1,87 @@
+"""The whole chain, shortened to a few iterations per stage, on the shipped demo data: it runs
+end to end, the report has every section, finished stages are skipped on a re-run, and an
+interrupted stage resumes."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+DATA = REPO / "datasets" / "raccoon_small"
+
+
+def _mini_voc(root):
+    """The shipped data with a smaller split (8 train / 4 test images), for speed."""
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).symlink_to(DATA / sub)
+    for split, n in (("train", 8), ("test", 4)):
+        ids = (DATA / f"ImageSets/Main/{split}.txt").read_text().split()[:n]
+        (root / f"ImageSets/Main/{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def _run(run_file):
+    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
+    voc = _mini_voc(tmp_path / "voc")
+    out = tmp_path / "run"
+    quick_pretrain = ["DATA.ROOT", str(DATA / "unlabeled"), "SOLVER.MAX_ITER", "2",
+                      "SOLVER.BATCH_SIZE", "8", "SOLVER.CHECKPOINT_PERIOD", "1", "LOG_PERIOD", "1",
+                      "DATA.NUM_WORKERS", "0"]
+    spec = {
+        "output_dir": str(out),
+        "datasets": {"register_voc": [["mini_train", str(voc), "train"],
+                                      ["mini_test", str(voc), "test"]],
+                     "voc_classes": "raccoon"},
+        "pretrain": [{"name": "simclr", "config": "configs/demo/simclr_r50_small.yaml",
+                      "overrides": quick_pretrain},
+                     {"name": "simclr_infocl_rc",
+                      "config": "configs/demo/infocl_rc_simclr_r50_small.yaml",
+                      "overrides": quick_pretrain}],
+        "transfer": [{"name": "det", "config": "configs/demo/voc_raccoon_faster_rcnn.yaml",
+                      "overrides": ["DATASETS.TRAIN", '("mini_train",)',
+                                    "DATASETS.TEST", '("mini_test",)', "SOLVER.MAX_ITER", "2",
+                                    "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"]}],
+        "report": {"predictions": 2},
+    }
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(spec))
+
+    first = _run(run_file)
+    report = (out / "report.md").read_text()
+    for section in ("## Results", "## The run", "## Pretraining", "## Fine-tuning",
+                    "## Predictions"):
+        assert section in report
+    for backbone in ("random", "simclr", "simclr_infocl_rc"):
+        assert f"| det | {backbone} |" in report and f"| det | {backbone} |" in first
+        assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 2
+    assert "bbox/AP50" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 + 6  # 2 curves + 6 predictions, embedded
+
+    second = _run(run_file)
+    assert second.count("complete, skipped") == 2 + 2 + 3 + 3
+    assert "..." not in second.replace("[pipeline 11/11] report", "")
+
+    # Interrupt the pretraining of 'simclr' after its first iteration (what a kill right after
+    # that checkpoint leaves) and lose one evaluation: exactly those stages run again.
+    run = out / "pretrain" / "simclr"
+    (run / "model_final.pth").unlink()
+    (run / "model_0000001.pth").unlink()
+    (run / "last_checkpoint").write_text("model_0000000.pth")
+    (out / "evaluate/det/simclr/final_metrics.json").unlink()
+    third = _run(run_file)
+    assert "pretrain simclr ..." in third and "continuing at iteration 1" in third
+    assert "evaluate det from simclr ..." in third
+    assert third.count("complete, skipped") == 2 + 2 + 3 + 3 - 2
+    assert (run / "model_final.pth").is_file()
