@@ -11,6 +11,7 @@ A run is one YAML file (see configs/pipeline/demo.yaml):
       - {name: simclr, config: configs/..., overrides: [KEY, VALUE, ...]}
     transfer:                         # one entry per downstream task
       - {name: voc, config: configs/..., overrides: [...], backbones: [random, simclr]}
+    launch: {num_gpus: 8}             # GPUs per stage (default: one process, GPU or CPU)
     report: {predictions: 3}
 
 Each stage works in its own folder under output_dir and is skipped when its outputs are
@@ -59,6 +60,7 @@ class PipelineSpec:
     dataset_args: list
     predictions: int = 3
     source: str = ""
+    num_gpus: int = 0  # > 1: pretraining through tools/pretrain.sh, train_net --num-gpus
 
 
 def _resolve(path: str) -> str:
@@ -76,7 +78,7 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
             raw = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
         raise PipelineError(f"cannot read the run file {path}: {e}") from None
-    allowed = {"output_dir", "datasets", "pretrain", "transfer", "report"}
+    allowed = {"output_dir", "datasets", "pretrain", "transfer", "report", "launch"}
     unknown = set(raw) - allowed
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -108,7 +110,7 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
     out = Path(output_dir or raw.get("output_dir") or "output/pipeline")
     return PipelineSpec(out, pretrain, transfer, args,
                         int((raw.get("report") or {}).get("predictions", 3)),
-                        Path(path).read_text())
+                        Path(path).read_text(), int((raw.get("launch") or {}).get("num_gpus", 0)))
 
 
 class Stage:
@@ -126,12 +128,14 @@ class Stage:
     def run(self, echo):
         self.folder.mkdir(parents=True, exist_ok=True)
         log_path = self.folder / f"{self.kind}.log"
-        env = dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning")
+        env = dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning", PYTHON=sys.executable)
         for cmd in self.commands():
+            argv = [str(c) for c in cmd]
+            argv = [sys.executable, *argv] if argv[0].endswith(".py") else argv
             with open(log_path, "a") as log:
-                log.write(f"$ {' '.join(map(str, cmd))}\n")
+                log.write(f"$ {' '.join(argv)}\n")
                 log.flush()
-                proc = subprocess.Popen([sys.executable, *map(str, cmd)], stdout=subprocess.PIPE,
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
                 for line in proc.stdout:
                     log.write(line)
@@ -162,8 +166,10 @@ class PretrainStage(Stage):
         return _final_checkpoint_done(self.folder)
 
     def commands(self):
-        yield [TOOLS / "pretrain.py", "--config-file", self.run_spec.config, "--resume",
-               *self.run_spec.overrides, "OUTPUT_DIR", self.folder]
+        run, gpus = self.run_spec, self.spec.num_gpus
+        launcher = ([TOOLS / "pretrain.sh", run.config, "--num-gpus", gpus] if gpus > 1
+                    else [TOOLS / "pretrain.py", "--config-file", run.config])
+        yield [*launcher, "--resume", *run.overrides, "OUTPUT_DIR", self.folder]
 
 
 class ConvertStage(Stage):
@@ -199,7 +205,8 @@ class FinetuneStage(Stage):
     def commands(self):
         # No evaluation here (DATASETS.TEST empty): the evaluate stage does it once.
         yield [TOOLS / "train_net.py", "--config-file", self.task.config, "--resume",
-               *self.spec.dataset_args, *self.task.overrides,
+               "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
+               *self.task.overrides,
                "MODEL.WEIGHTS", weights_for(self.spec, self.backbone),
                "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
 
@@ -218,7 +225,8 @@ class EvaluateStage(Stage):
 
     def commands(self):
         yield [TOOLS / "train_net.py", "--config-file", self.task.config, "--eval-only",
-               "--save-predictions", str(self.spec.predictions), *self.spec.dataset_args,
+               "--num-gpus", max(1, self.spec.num_gpus), "--save-predictions",
+               str(self.spec.predictions), *self.spec.dataset_args,
                *self.task.overrides, "MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
 
 
