@@ -66,19 +66,3 @@ def gather_features(feats, labels):
 def shard(n: int):
     """This rank's strided share of n items."""
     return list(range(get_rank(), n, get_world_size()))
-
-
-
-
-def gather_features(feats, labels):
-    """Concatenate every rank's (features, labels) on every rank."""
-    if get_world_size() == 1:
-        return feats, labels
-    parts = [None] * get_world_size()
-    dist.all_gather_object(parts, (feats, labels))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def shard(n: int):
-    """This rank's strided share of n items."""
-    return list(range(get_rank(), n, get_world_size()))
