@@ -89,6 +89,8 @@ _C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16", or "float16" (with a gradient sc
 
 _C.KNN = CN()
 _C.KNN.ENABLED = True  # needs DATA.VAL_ROOT
+# labelled folder for the memory bank; empty: DATA.ROOT (set it when DATA.ROOT has no classes)
+_C.KNN.TRAIN_ROOT = ""
 _C.KNN.PERIOD_EPOCHS = 1
 _C.KNN.K = 200
 _C.KNN.TEMPERATURE = 0.1

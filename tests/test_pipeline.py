@@ -35,7 +35,9 @@ def _run(run_file):
 def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
     voc = _mini_voc(tmp_path / "voc")
     out = tmp_path / "run"
-    quick_pretrain = ["DATA.ROOT", str(DATA / "unlabeled"), "SOLVER.MAX_ITER", "2",
+    tiny = REPO / "datasets" / "cifar10_tiny"
+    quick_pretrain = ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT", str(tiny / "test"),
+                      "KNN.TRAIN_ROOT", str(tiny / "train"), "SOLVER.MAX_ITER", "2",
                       "SOLVER.BATCH_SIZE", "8", "SOLVER.CHECKPOINT_PERIOD", "1", "LOG_PERIOD", "1",
                       "DATA.NUM_WORKERS", "0"]
     spec = {
@@ -67,7 +69,8 @@ def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
         assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 2
     assert "bbox/AP50" in report
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 + 6  # 2 curves + 6 predictions, embedded
+    assert html.count("data:image/png;base64,") == 3 + 6  # 3 curves + 6 predictions, embedded
+    assert "kNN top-1" in report
 
     second = _run(run_file)
     assert second.count("complete, skipped") == 2 + 2 + 3 + 3

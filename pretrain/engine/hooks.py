@@ -51,9 +51,9 @@ class ProgressBar(HookBase):
 
 
 class KNNMonitor(HookBase):
-    """Weighted kNN top-1 of the encoder's features on DATA.VAL_ROOT, with DATA.ROOT (at most
-    KNN.MAX_TRAIN_IMAGES, a fixed random subset) as the memory bank: every KNN.PERIOD_EPOCHS
-    epochs and at the end. Logged as `knn_top1`."""
+    """Weighted kNN top-1 of the encoder's features on DATA.VAL_ROOT, with KNN.TRAIN_ROOT (or
+    DATA.ROOT; at most KNN.MAX_TRAIN_IMAGES, a fixed random subset) as the memory bank: every
+    KNN.PERIOD_EPOCHS epochs and at the end. Logged as `knn_top1`."""
 
     def __init__(self, cfg, encoder, device):
         self.cfg, self.encoder, self.device = cfg, encoder, device
@@ -73,7 +73,8 @@ class KNNMonitor(HookBase):
 
     def before_train(self):
         cfg = self.cfg
-        n = len(image_folder(cfg.DATA.ROOT))
+        self.bank_root = cfg.KNN.TRAIN_ROOT or cfg.DATA.ROOT
+        n = len(image_folder(self.bank_root))
         if cfg.KNN.MAX_TRAIN_IMAGES and n > cfg.KNN.MAX_TRAIN_IMAGES:
             g = torch.Generator().manual_seed(cfg.SEED)
             chosen = torch.randperm(n, generator=g)[:cfg.KNN.MAX_TRAIN_IMAGES]
@@ -84,7 +85,7 @@ class KNNMonitor(HookBase):
 
     def evaluate(self) -> float:
         cfg = self.cfg
-        train = self._features(cfg.DATA.ROOT, [self.bank[i] for i in shard(len(self.bank))])
+        train = self._features(self.bank_root, [self.bank[i] for i in shard(len(self.bank))])
         test = self._features(cfg.DATA.VAL_ROOT, shard(self.test_size))
         return knn_top1(*train, *test, k=cfg.KNN.K, temperature=cfg.KNN.TEMPERATURE)
 
