@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torchvision
 
+from pretrain.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint_file
+
 #: Prefixes that hold a momentum / EMA copy of the encoder (chosen with --ema).
 EMA_HINTS = ("target", "momentum", "encoder_k", "key_encoder", "teacher", "ema")
 ARCHS = {  # blocks per stage, and whether the blocks are bottlenecks (have conv3)
@@ -48,18 +50,11 @@ class Conversion:
 def load_state_dict(path: str) -> tuple:
     """(state dict, layout name) from a checkpoint file, loaded with weights_only=True."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: no such file") from None
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConversionError(
-            f"{path} cannot be loaded as a PyTorch checkpoint ({first}). It is truncated, not a "
-            "checkpoint, or a pickle that would run code (refused: checkpoints are loaded with "
-            "weights_only=True).") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} holds a {type(data).__name__}, not a state dict")
-    meta = data.get("run_state", {}).get("meta", {}) if isinstance(data.get("run_state"), dict) else {}
+        data = load_checkpoint_file(path)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
+    run_state = data.get("run_state")
+    meta = run_state.get("meta", {}) if isinstance(run_state, dict) else {}
     if meta.get("format") == "ssl2det-pretrain":
         return data["model"], f"ssl2det {meta.get('method')} checkpoint"
     for key, layout in (("state_dict", "checkpoint with 'state_dict'"), ("model", "checkpoint "
@@ -159,8 +154,6 @@ def convert_checkpoint(path: str, ema: bool = False) -> Conversion:
 
 def save_detectron2_weights(conversion: Conversion, path: str) -> None:
     """detectron2's pickle format, written atomically."""
-    from pretrain.engine.checkpoint import atomic_write
-
     data = {"model": {k: v.numpy() for k, v in conversion.weights.items()},
             "__author__": f"ssl2det convert_to_d2 ({conversion.source}, {conversion.arch})",
             "matching_heuristics": True}

@@ -42,11 +42,13 @@ def load_checkpoint_file(path: str) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
+        raise CheckpointError(f"{path}: no such file") from None
     except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"{path} is not a loadable checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}). It may be truncated or not a "
-                              "torch checkpoint; pick another file.") from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded as a PyTorch checkpoint ({first}). It is truncated, not a "
+            "checkpoint, or a pickle that would run code (refused: checkpoints are loaded with "
+            "weights_only=True). Pick another file.") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
     return data
