@@ -20,6 +20,7 @@ Stages run the tools as subprocesses; their logs are in each stage's folder.
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -240,12 +241,16 @@ def build_stages(spec: PipelineSpec):
     return stages
 
 
+_LOG_MESSAGE = re.compile(r"\[\d\d/\d\d \d\d:\d\d:\d\d [^\]]*\]:? (.*)")
+
+
 def _echo_progress(line: str):
     """Show the lines a person follows progress by; everything goes to the stage's log."""
     keys = ("eta:", "Inference done", "error", "Error", "kNN top-1", "continuing at iteration",
             "tensors mapped", "| bbox/", "| segm/", "| sem_seg/")
     if any(k in line for k in keys):
-        print("    " + line.rstrip()[-160:], flush=True)
+        message = _LOG_MESSAGE.search(line)  # drop progress-bar residue before a log message
+        print("    " + (message.group(1) if message else line.strip())[:160], flush=True)
 
 
 def run_pipeline(spec: PipelineSpec, echo=_echo_progress):
