@@ -242,12 +242,14 @@ def build_stages(spec: PipelineSpec):
 
 
 _LOG_MESSAGE = re.compile(r"\[\d\d/\d\d \d\d:\d\d:\d\d [^\]]*\]:? (.*)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _echo_progress(line: str):
     """Show the lines a person follows progress by; everything goes to the stage's log."""
-    keys = ("eta:", "Inference done", "error", "Error", "kNN top-1", "continuing at iteration",
-            "tensors mapped", "| bbox/", "| segm/", "| sem_seg/")
+    keys = ("eta:", "Inference done", "error:", "Error:", "Traceback", "kNN top-1",
+            "continuing at iteration", "tensors mapped", "| bbox/", "| segm/", "| sem_seg/")
+    line = _ANSI.sub("", line)
     if any(k in line for k in keys):
         message = _LOG_MESSAGE.search(line)  # drop progress-bar residue before a log message
         print("    " + (message.group(1) if message else line.strip())[:160], flush=True)
