@@ -2,7 +2,6 @@
 holding the whole batch: the cross-rank gathers and the synchronised BN are exact."""
 
 import pytest
-import torch
 
 from ddp_helpers import distributed_grads, one_step_grads
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from pretrain.losses import gaussian_kl, lbe_bound, reconstruction_mse
+from pretrain.losses import gaussian_kl, lbe_bound
 
 
 def _lbe_on_gaussian_channel(a, sigma=0.1, d=4, n=256, batches=8, seed=0):

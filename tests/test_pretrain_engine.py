@@ -139,3 +139,20 @@ def test_two_cpu_processes_through_the_launcher(shared_data, tmp_path):
     assert [r["iteration"] for r in rows] == [0, 1] and "knn_top1" in rows[-1]
     state = _load(out / "model_final.pth")["model"]
     assert "encoder.bn1.running_mean" in state
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    from pretrain.engine.checkpoint import AtomicCheckpointer, CheckpointError, RunState
+
+    model = torch.nn.Linear(2, 2)
+    meta = {"format": "ssl2det-pretrain", "version": 1, "arch": "resnet18", "method": "simclr"}
+    AtomicCheckpointer(model, str(tmp_path), run_state=RunState(meta)).save("model_final")
+    path = str(tmp_path / "model_final.pth")
+    other = AtomicCheckpointer(model, str(tmp_path), expected_meta=dict(meta, method="byol"))
+    with pytest.raises(CheckpointError, match="method was 'simclr', now 'byol'"):
+        other.load(path)
+    torch.save({"model": model.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project's pretraining"):
+        other.load(str(tmp_path / "plain.pth"))
+    assert AtomicCheckpointer(model, str(tmp_path), expected_meta=meta).load(path)["run_state"][
+        "meta"] == meta

@@ -79,10 +79,34 @@ class AtomicSaveMixin:
 
 
 class AtomicCheckpointer(AtomicSaveMixin, Checkpointer):
-    """fvcore's Checkpointer with atomic saves and safe loads (weights_only=True)."""
+    """fvcore's Checkpointer with atomic saves and safe loads (weights_only=True).
+
+    With `expected_meta`, a loaded checkpoint must carry the same `run_state.meta` (format,
+    architecture, method): a resume refuses another run's file instead of half-loading it.
+    """
+
+    def __init__(self, *args, expected_meta: dict = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.expected_meta = expected_meta
 
     def _load_file(self, f: str) -> dict:
-        return load_checkpoint_file(f)
+        data = load_checkpoint_file(f)
+        if self.expected_meta:
+            _check_meta(f, data, self.expected_meta)
+        return data
+
+
+def _check_meta(path, data, expected):
+    run_state = data.get("run_state")
+    saved = run_state.get("meta", {}) if isinstance(run_state, dict) else {}
+    if saved.get("format") != expected.get("format"):
+        raise CheckpointError(f"{path} is not a checkpoint of this project's pretraining; "
+                              "--resume needs the OUTPUT_DIR of an earlier run of the same config")
+    different = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+    if different:
+        raise CheckpointError(f"{path} comes from a different run: " + ", ".join(
+            f"{k} was {a!r}, now {b!r}" for k, (a, b) in different.items())
+            + ". Use a new OUTPUT_DIR, or the config of that run.")
 
 
 class RunState:

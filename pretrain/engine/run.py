@@ -11,7 +11,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import ConfigError
 from ..data import build_pretrain_loader
 from ..methods import build_method
-from .checkpoint import AtomicCheckpointer, CheckpointError, RunState
+from .checkpoint import AtomicCheckpointer, RunState
 from .distributed import convert_sync_batchnorm, get_world_size, init_distributed
 from .hooks import KNNMonitor, ProgressBar
 from .optim import build_optimizer
@@ -74,13 +74,13 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler)
 
-    run_state = RunState(checkpoint_meta(cfg))
+    meta = checkpoint_meta(cfg)
     checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,
-                                      optimizer=optimizer, scaler=scaler, run_state=run_state)
+                                      expected_meta=meta, run_state=RunState(meta),
+                                      optimizer=optimizer, scaler=scaler)
     trainer.start_iter = 0
     if resume and checkpointer.has_checkpoint():
         path = checkpointer.get_checkpoint_file()
-        _check_resumable(path, checkpoint_meta(cfg))
         extra = checkpointer.resume_or_load(path, resume=True)
         trainer.start_iter = extra["iteration"] + 1
         logger.info(f"resumed from {path}: continuing at iteration {trainer.start_iter}")
@@ -96,20 +96,6 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         ProgressBar(cfg.SOLVER.BATCH_SIZE),
     ])
     return trainer
-
-
-def _check_resumable(path, meta):
-    from .checkpoint import load_checkpoint_file
-
-    saved = load_checkpoint_file(path).get("run_state", {}).get("meta", {})
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project's pretraining; "
-                              "--resume needs the OUTPUT_DIR of an earlier run of the same config")
-    different = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
-    if different:
-        raise CheckpointError(f"{path} comes from a different run: " + ", ".join(
-            f"{k} was {a!r}, now {b!r}" for k, (a, b) in different.items())
-            + ". Use a new OUTPUT_DIR, or the config of that run.")
 
 
 def run_pretraining(cfg, resume: bool = False) -> PretrainTrainer:

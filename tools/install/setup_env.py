@@ -16,7 +16,6 @@ names the step and says how to fix it.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
