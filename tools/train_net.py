@@ -25,6 +25,7 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from pretrain.engine.checkpoint import CheckpointError
 from transfer.data import (VOC_CLASSES, DatasetRegistrationError, register_builtin_voc_semseg,
                            register_coco, register_semseg, register_voc)
 from transfer.trainer import (Trainer, TransferCheckpointer, TransferSetupError, flatten_results,
@@ -106,6 +107,6 @@ if __name__ == "__main__":
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines,
                machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except (TransferSetupError, DatasetRegistrationError) as e:
+    except (TransferSetupError, DatasetRegistrationError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

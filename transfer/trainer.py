@@ -15,7 +15,8 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, Se
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from pretrain.engine.checkpoint import AtomicSaveMixin, atomic_write
+from pretrain.engine.checkpoint import (AtomicSaveMixin, atomic_write, check_weights_pickle,
+                                        load_checkpoint_file)
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .data import SemSegDatasetMapper
@@ -88,8 +89,19 @@ def setup(args):
 
 
 class TransferCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
-    """Saves atomically, and says which missing parameters are expected (new heads) and which mean a broken
-    conversion (backbone), instead of detectron2's undifferentiated warning."""
+    """Saves atomically; loads safely (.pth with weights_only=True, .pkl only if it holds nothing
+    but arrays), and a damaged newest checkpoint makes --resume fall back to the previous one
+    (AtomicSaveMixin). Says which missing parameters are expected (new heads) and which mean a
+    broken conversion (backbone), instead of detectron2's undifferentiated warning."""
+
+    def _load_file(self, filename):
+        if not os.path.isfile(filename):  # URLs, detectron2:// and other schemes
+            return super()._load_file(filename)
+        if filename.endswith(".pkl"):
+            check_weights_pickle(filename)  # before detectron2's plain pickle.load
+            return super()._load_file(filename)
+        loaded = load_checkpoint_file(filename)
+        return loaded if "model" in loaded else {"model": loaded}
 
     def _log_incompatible_keys(self, incompatible):
         backbone = [k for k in incompatible.missing_keys

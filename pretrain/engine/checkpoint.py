@@ -1,9 +1,16 @@
 """Checkpoints in detectron2's layout (model_NNNNNNN.pth, last_checkpoint, model_final.pth),
-written atomically and loaded with `weights_only=True`, plus the run state a resume needs."""
+written atomically and loaded with `weights_only=True`, plus the run state a resume needs.
 
+A resume that finds the newest checkpoint damaged (a disk error, a copy cut short) warns and
+falls back to the one before it; temporary files of a write that was killed are removed.
+"""
+
+import glob
 import logging
 import os
+import pickle
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -18,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file cannot be unpickled safely: truncated, not a checkpoint, or carrying code."""
 
 
 def atomic_write(path: str, write) -> None:
@@ -42,16 +53,45 @@ def load_checkpoint_file(path: str) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        raise UnreadableCheckpointError(f"{path}: no such file") from None
     except Exception as e:  # unpickling errors come in many types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
+        raise UnreadableCheckpointError(
             f"{path} cannot be loaded as a PyTorch checkpoint ({first}). It is truncated, not a "
             "checkpoint, or a pickle that would run code (refused: checkpoints are loaded with "
             "weights_only=True). Pick another file.") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
+        raise UnreadableCheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint dict")
     return data
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, strings and numpy arrays; refuses every other global
+    (a pickle that would construct arbitrary objects can run code)."""
+
+    ALLOWED = {("collections", "OrderedDict"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def check_weights_pickle(path: str) -> None:
+    """Raise UnreadableCheckpointError unless `path` is a pickle of plain data and numpy arrays
+    (detectron2's .pkl weights, our converter's output). detectron2 loads .pkl files with plain
+    `pickle.load`; calling this first keeps a code-carrying file from being unpickled."""
+    try:
+        with open(path, "rb") as f:
+            _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as e:
+        raise UnreadableCheckpointError(
+            f"{path} is not a weights pickle ({e}). It is truncated, or carries code (refused: "
+            ".pkl weights may hold only numpy arrays). Pick another file.") from None
 
 
 class AtomicSaveMixin:
@@ -76,6 +116,43 @@ class AtomicSaveMixin:
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                      lambda f: f.write(last_filename_basename.encode()))
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """With `resume` and a checkpoint in save_dir: load the newest checkpoint that can be
+        read, warning about every newer one that cannot (it is left in place for inspection and
+        overwritten when its iteration is saved again); otherwise load `path`'s weights only
+        (fvcore's behaviour). A checkpoint of another run is refused, not skipped."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        self._remove_partial_writes()
+        candidates = self._resume_candidates()
+        for candidate in candidates:
+            try:
+                return self.load(candidate)
+            except UnreadableCheckpointError as e:
+                self.logger.warning(f"{e} Trying the previous checkpoint.")
+        raise CheckpointError(f"no usable checkpoint in {self.save_dir} (tried "
+                              f"{', '.join(map(os.path.basename, candidates)) or 'none'}); "
+                              "start a new run without --resume or with another OUTPUT_DIR")
+
+    def _resume_candidates(self) -> list:
+        """The checkpoint named in last_checkpoint, then every model_*.pth, newest first."""
+        def iteration(path):
+            digits = re.findall(r"\d+", os.path.basename(path))
+            return int(digits[-1]) if digits else float("inf")  # model_final.pth: the newest
+
+        last = self.get_checkpoint_file()
+        others = sorted(set(glob.glob(os.path.join(self.save_dir, "model_*.pth"))) - {last},
+                        key=iteration, reverse=True)
+        return ([last] if os.path.isfile(last) else []) + others
+
+    def _remove_partial_writes(self) -> None:
+        """Temporary files left by a process killed inside `atomic_write`."""
+        if not self.save_to_disk:
+            return
+        for tmp in glob.glob(os.path.join(self.save_dir, ".*.tmp")):
+            self.logger.warning(f"removing {tmp}, an unfinished write of a killed run")
+            os.remove(tmp)
 
 
 class AtomicCheckpointer(AtomicSaveMixin, Checkpointer):
