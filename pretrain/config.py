@@ -22,6 +22,9 @@ _C.DATA.ROOT = ""  # ImageNet-layout training folder: ROOT/class/*.jpg
 _C.DATA.VAL_ROOT = ""  # optional, same layout: the kNN monitor's test set
 _C.DATA.NUM_WORKERS = 4  # loader worker processes per rank
 _C.DATA.PERSISTENT_WORKERS = True
+# An image that cannot be decoded: "skip" (warn, list it in OUTPUT_DIR/bad_images.txt, use the
+# next image in its place) or "error" (stop with the file's name)
+_C.DATA.BAD_IMAGES = "skip"
 
 _C.INPUT = CN()
 _C.INPUT.SIZE = 224  # side of the square views
@@ -83,9 +86,18 @@ _C.SOLVER.EPOCHS = 200
 _C.SOLVER.MAX_ITER = 0  # > 0 caps the total iterations (smoke runs); the schedule follows it
 _C.SOLVER.BATCH_SIZE = 256  # global, over all ranks
 _C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations
+# Steps whose loss is NaN/inf are skipped (no update) up to this many times in a run, then the
+# run stops with the last good checkpoint kept; 0 stops at the first. Ours: 10.
+_C.SOLVER.MAX_NONFINITE_SKIPS = 10
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16", or "float16" (with a gradient scaler)
+
+_C.DIST = CN()
+# Seconds a process waits in a collective for the others. A rank that dies is noticed at once
+# (its connections close); this bounds the wait for one that hangs. Must exceed the longest
+# rank-0-only pause (checkpoint writing). Ours: 1800, torch's default.
+_C.DIST.TIMEOUT_S = 1800
 
 _C.KNN = CN()
 _C.KNN.ENABLED = True  # needs DATA.VAL_ROOT
@@ -164,6 +176,7 @@ _CHOICES = {
     "MODEL.ARCH": ("resnet18", "resnet50"),
     "MODEL.DEVICE": ("auto", "cuda", "cpu"),
     "INPUT.AUGMENTATION": ("simclr", "infomin"),
+    "DATA.BAD_IMAGES": ("skip", "error"),
     "SOLVER.OPTIMIZER": ("lars", "sgd", "adam", "adamw"),
     "SOLVER.LR_SCALING": ("linear", "sqrt", "none"),
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
@@ -190,8 +203,12 @@ def validate(cfg):
     unknown = [name for name in cfg.OBJECTIVES if name not in OBJECTIVES]
     if unknown:
         raise ConfigError(f"OBJECTIVES {unknown} unknown; choose from {', '.join(sorted(OBJECTIVES))}")
-    for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD"):
+    for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD",
+                "DIST.TIMEOUT_S"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    if cfg.SOLVER.MAX_NONFINITE_SKIPS < 0:
+        raise ConfigError("SOLVER.MAX_NONFINITE_SKIPS must be 0 or more, got "
+                          f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")
     if cfg.SOLVER.EPOCHS <= 0 and cfg.SOLVER.MAX_ITER <= 0:
         raise ConfigError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")

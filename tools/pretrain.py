@@ -15,10 +15,10 @@ import sys
 
 import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
 from pretrain.config import ConfigError, load_config
-from pretrain.data import DatasetError
+from pretrain.data import DatasetError, user_message
 from pretrain.engine.checkpoint import CheckpointError
 from pretrain.engine.run import run_pretraining
-from pretrain.engine.trainer import NonFiniteLossError
+from pretrain.engine.trainer import DistributedFaultError, NonFiniteLossError
 
 
 def main(argv=None):
@@ -33,8 +33,9 @@ def main(argv=None):
     try:
         cfg = load_config(args.config_file, args.opts)
         trainer = run_pretraining(cfg, resume=args.resume)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError,
+            DistributedFaultError) as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     print(f"done: {trainer.max_iter} iterations; outputs in {cfg.OUTPUT_DIR}")
     return 0

@@ -30,26 +30,33 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device_type: str, timeout_s: float = 1800.0):
-    """Join the process group described by the environment; returns (rank, world, local_rank).
+def ranks_from_environment():
+    """(rank, world_size, local_rank) as the launcher set them; (0, 1, 0) for a single process.
 
     torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under SLURM
     (`srun python tools/pretrain.py ...`, one task per GPU) SLURM_PROCID / SLURM_NTASKS /
     SLURM_LOCALID are used, with MASTER_ADDR / MASTER_PORT exported by the sbatch script.
-    A single process with none of these runs without a process group.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local = int(env.get("SLURM_LOCALID", 0))
-        if "MASTER_ADDR" not in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_distributed(device_type: str, timeout_s: float = 1800.0):
+    """Join the process group described by the environment; returns (rank, world, local_rank).
+
+    `timeout_s` bounds every collective: a rank whose peer hangs raises after it instead of
+    waiting forever (a peer that dies is noticed at once: its connections close).
+    """
+    rank, world, local = ranks_from_environment()
+    if world > 1 and "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
+        if "MASTER_ADDR" not in os.environ:
             raise RuntimeError("under SLURM, export MASTER_ADDR (the first node's host name) and "
                                "MASTER_PORT in the sbatch script; see docs/pretrain.md")
-        env.setdefault("MASTER_PORT", "29500")
-    else:
-        return 0, 1, 0
+        os.environ.setdefault("MASTER_PORT", "29500")
     if world > 1 and not is_distributed():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":

@@ -8,7 +8,7 @@ import torch
 from detectron2.engine import HookBase
 from tqdm import tqdm
 
-from ..data import build_eval_loader, image_folder
+from ..data import ImageFiles, build_eval_loader
 from ..eval.features import extract_features, gather_features, shard
 from ..eval.knn import knn_top1
 from .distributed import is_main_process
@@ -41,9 +41,9 @@ class ProgressBar(HookBase):
             samples = (t.iter + 1 - self._last[1]) * self.batch_size / (now - self._last[0])
             self._last = (now, t.iter + 1)
             latest = t.storage.latest()
-            self.bar.set_postfix(epoch=t.epoch, loss=f"{latest['loss'][0]:.4f}",
-                                 lr=f"{latest['lr'][0]:.3g}", samples_s=f"{samples:.0f}",
-                                 refresh=False)
+            loss = latest["loss"][0] if "loss" in latest else float("nan")  # all steps skipped
+            self.bar.set_postfix(epoch=t.epoch, loss=f"{loss:.4f}", lr=f"{latest['lr'][0]:.3g}",
+                                 samples_s=f"{samples:.0f}", refresh=False)
 
     def after_train(self):
         if self.bar is not None:
@@ -74,14 +74,14 @@ class KNNMonitor(HookBase):
     def before_train(self):
         cfg = self.cfg
         self.bank_root = cfg.KNN.TRAIN_ROOT or cfg.DATA.ROOT
-        n = len(image_folder(self.bank_root))
+        n = len(ImageFiles(self.bank_root))
         if cfg.KNN.MAX_TRAIN_IMAGES and n > cfg.KNN.MAX_TRAIN_IMAGES:
             g = torch.Generator().manual_seed(cfg.SEED)
             chosen = torch.randperm(n, generator=g)[:cfg.KNN.MAX_TRAIN_IMAGES]
             self.bank = chosen.sort().values.tolist()
         else:
             self.bank = list(range(n))
-        self.test_size = len(image_folder(cfg.DATA.VAL_ROOT))
+        self.test_size = len(ImageFiles(cfg.DATA.VAL_ROOT))
 
     def evaluate(self) -> float:
         cfg = self.cfg

@@ -9,10 +9,11 @@ from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError
-from ..data import build_pretrain_loader
+from ..data import build_pretrain_loader, read_bad_image_list
 from ..methods import build_method
 from .checkpoint import AtomicCheckpointer, RunState
-from .distributed import convert_sync_batchnorm, get_world_size, init_distributed
+from .distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
+                          is_main_process, ranks_from_environment)
 from .hooks import KNNMonitor, ProgressBar
 from .optim import build_optimizer
 from .trainer import PretrainTrainer
@@ -39,12 +40,13 @@ def checkpoint_meta(cfg) -> dict:
 
 def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     device = resolve_device(cfg)
-    rank, world, local = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-    if cfg.SOLVER.BATCH_SIZE % world:
+    world = ranks_from_environment()[1]
+    if cfg.SOLVER.BATCH_SIZE % world:  # checked before any process waits for the others
         raise ConfigError(f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the "
                           f"{world} processes; use a multiple of {world}")
+    rank, world, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S)
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
     if rank == 0:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
@@ -103,4 +105,8 @@ def run_pretraining(cfg, resume: bool = False) -> PretrainTrainer:
     trainer.train(trainer.start_iter, trainer.max_iter)
     if get_world_size() > 1:
         torch.distributed.barrier()
+    bad = read_bad_image_list(cfg.OUTPUT_DIR)
+    if bad and is_main_process():
+        logger.warning(f"{len(bad)} files of DATA.ROOT were skipped as unreadable or not images; "
+                       f"the list is in {os.path.join(cfg.OUTPUT_DIR, 'bad_images.txt')}")
     return trainer

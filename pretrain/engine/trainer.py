@@ -2,20 +2,42 @@
 
 It knows no method or objective: the model returns {"losses": {name: tensor}, ...} and the loop
 sums the terms, steps the optimiser and calls `on_step_end` (momentum encoders).
+
+Faults it handles: a NaN/inf loss skips the step (weights, optimiser and buffers unchanged) up
+to SOLVER.MAX_NONFINITE_SKIPS times, then stops; a failed collective (another rank died or
+hung past DIST.TIMEOUT_S) stops this rank with a message instead of a traceback or a hang.
 """
 
-import math
+import logging
 import time
 
 import torch
+import torch.distributed as dist
 from detectron2.engine import TrainerBase
+from detectron2.utils.events import EventStorage
 
-from .distributed import reduce_mean
+from .distributed import get_world_size, reduce_mean
 from .optim import lr_at, scaled_lr
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the terms."""
+    """The loss stayed NaN or infinite; the message names the terms."""
+
+
+class DistributedFaultError(RuntimeError):
+    """A collective failed: another process died, or hung for longer than DIST.TIMEOUT_S."""
+
+
+# What gloo and NCCL say when a peer is gone; torch raises most of them as plain RuntimeError.
+_PEER_FAILURE_TEXT = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                      "Timed out", "timed out", "NCCL error", "Socket Timeout")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    return get_world_size() > 1 and (isinstance(error, dist.DistError) or any(
+        text in str(error) for text in _PEER_FAILURE_TEXT))
 
 
 class PretrainTrainer(TrainerBase):
@@ -36,6 +58,39 @@ class PretrainTrainer(TrainerBase):
         self.memory_format = (torch.channels_last if cfg.MODEL.CHANNELS_LAST
                               else torch.contiguous_format)
         self._batches = None
+        self.skipped_steps = 0
+        # A step with a non-finite loss must leave no trace, also in BN statistics and queues
+        # that the forward pass updated: buffers are copied before each forward pass.
+        self._buffers = [b for b in method.buffers() if b.is_floating_point() or b.dim() == 0]
+        self._buffer_backup = [b.clone() for b in self._buffers]
+
+    def train(self, start_iter: int, max_iter: int):
+        """TrainerBase.train's loop (hooks around every step), with the faults above turned
+        into one clear error instead of a logged traceback."""
+        logger.info(f"Starting training from iteration {start_iter}")
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter += 1  # == max_iter tells after_train that training finished
+            except NonFiniteLossError:
+                raise
+            except Exception as e:
+                if not is_peer_failure(e):
+                    logger.exception("Exception during training:")
+                    raise
+                raise DistributedFaultError(
+                    f"rank {dist.get_rank()} stopped at iteration {self.iter}: a collective with "
+                    f"the other processes failed ({str(e).splitlines()[0][:160]}). Another "
+                    "process died or hung (see its log, OUTPUT_DIR/log.txt.rankN). Continue "
+                    "from the last checkpoint with --resume.") from None
+            finally:
+                self.after_train()
 
     @property
     def epoch(self):
@@ -68,30 +123,50 @@ class PretrainTrainer(TrainerBase):
                  for v in views]
         data_time = time.perf_counter() - start
 
+        for backup, buffer in zip(self._buffer_backup, self._buffers):
+            backup.copy_(buffer)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
             losses = self.model(views)["losses"]
         loss = sum(losses.values())
+        self.storage.put_scalar("data_time", data_time)
+        self.storage.put_scalars(lr=lr, epoch=self.iter / self.iters_per_epoch,
+                                 smoothing_hint=False)
+        if not self._all_ranks_finite(loss):
+            self._skip_step(losses)
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.on_step_end(self.iter + 1, self.max_iter)
+        if self.is_log_step():  # loss values are read back from the device only here
+            values = {name: reduce_mean(v.detach().float()).item() for name, v in losses.items()}
+            self.storage.put_scalars(loss=reduce_mean(loss.detach().float()).item(), **values,
+                                     skipped_steps=self.skipped_steps, smoothing_hint=False)
 
-        self.storage.put_scalar("data_time", data_time)
-        self.storage.put_scalars(lr=lr, epoch=self.iter / self.iters_per_epoch,
-                                 smoothing_hint=False)
-        if self.is_log_step():  # the only place the loop reads values back from the device
-            self._log_losses(losses, loss)
+    def _all_ranks_finite(self, loss) -> bool:
+        """One boolean per step (a host sync, like a GradScaler's); all ranks must agree, or
+        DDP's gradient all-reduce would wait for a rank that skipped."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if get_world_size() > 1:
+            dist.all_reduce(bad)
+        return not bad.item()
 
-    def _log_losses(self, losses, loss):
+    def _skip_step(self, losses):
+        for backup, buffer in zip(self._buffer_backup, self._buffers):
+            buffer.copy_(backup)
+        self.skipped_steps += 1
         values = {name: reduce_mean(v.detach().float()).item() for name, v in losses.items()}
-        total = reduce_mean(loss.detach().float()).item()
-        if not math.isfinite(total):
+        limit = self.cfg.SOLVER.MAX_NONFINITE_SKIPS
+        if self.skipped_steps > limit:
             raise NonFiniteLossError(
-                f"loss is {total} at iteration {self.iter} (terms: {values}). The last good "
-                f"checkpoint is in {self.cfg.OUTPUT_DIR}; lower SOLVER.BASE_LR or enable "
-                "warm-up (SOLVER.WARMUP_EPOCHS), then resume with --resume.")
-        self.storage.put_scalars(loss=total, **values, smoothing_hint=False)
+                f"the loss was NaN/inf in {self.skipped_steps} steps (limit "
+                f"SOLVER.MAX_NONFINITE_SKIPS {limit}); last at iteration {self.iter}, terms "
+                f"{values}. The last good checkpoint is in {self.cfg.OUTPUT_DIR}; lower "
+                "SOLVER.BASE_LR or lengthen SOLVER.WARMUP_EPOCHS, then continue with --resume.")
+        logger.warning(f"iteration {self.iter}: non-finite loss (terms {values}); step skipped "
+                       f"({self.skipped_steps} of at most {limit})")
+        self.storage.put_scalars(skipped_steps=self.skipped_steps, smoothing_hint=False)
 
 
 def total_iterations(cfg, iters_per_epoch: int) -> int:
