@@ -11,7 +11,7 @@ import sys
 import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
 from pretrain.config import ConfigError
 from pretrain.engine.checkpoint import CheckpointError
-from pretrain.data import DatasetError
+from pretrain.data import DatasetError, user_message
 from pretrain.eval.cli import build_parser, evaluation_features
 from pretrain.eval.knn import knn_top1
 
@@ -24,7 +24,7 @@ def main(argv=None):
     try:
         cfg, train, test = evaluation_features(args)
     except (ConfigError, CheckpointError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     top1 = knn_top1(*train, *test, k=args.k or cfg.KNN.K,
                     temperature=args.temperature or cfg.KNN.TEMPERATURE)

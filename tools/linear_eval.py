@@ -13,7 +13,7 @@ import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_
 from tqdm import tqdm
 
 from pretrain.config import ConfigError
-from pretrain.data import DatasetError
+from pretrain.data import DatasetError, user_message
 from pretrain.engine.checkpoint import CheckpointError
 from pretrain.eval.cli import build_parser, evaluation_features
 from pretrain.eval.linear import train_linear_probe
@@ -29,7 +29,7 @@ def main(argv=None):
     try:
         cfg, train, test = evaluation_features(args, normalize=False)
     except (ConfigError, CheckpointError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     with tqdm(total=args.epochs, desc="linear probe", unit="epoch") as bar:
         top1, _ = train_linear_probe(

@@ -1,8 +1,10 @@
 """Data loaders for pretraining and for feature extraction."""
 
+import os
+
 import torch
 
-from .datasets import DatasetError, SeededViews, image_folder
+from .datasets import DatasetError, ImageFiles, SeededViews
 from .sampler import EpochBatchSampler
 from .transforms import build_view_transform, eval_transform
 
@@ -18,7 +20,10 @@ def build_pretrain_loader(cfg, rank: int, world: int):
     if not cfg.DATA.ROOT:
         raise DatasetError("DATA.ROOT is empty: set it to the training image folder "
                            "(ROOT/<class>/<image>.jpg)")
-    dataset = SeededViews(cfg.DATA.ROOT, build_view_transform(cfg), cfg.SEED)
+    if cfg.OUTPUT_DIR and rank == 0:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    folder = ImageFiles(cfg.DATA.ROOT, bad_images=cfg.DATA.BAD_IMAGES, report_dir=cfg.OUTPUT_DIR)
+    dataset = SeededViews(folder, build_view_transform(cfg), cfg.SEED)
     sampler = EpochBatchSampler(len(dataset), cfg.SOLVER.BATCH_SIZE, rank, world, cfg.SEED)
     if sampler.batches_per_epoch == 0:
         raise DatasetError(f"DATA.ROOT {cfg.DATA.ROOT} has {len(dataset)} images, fewer than one "
@@ -33,7 +38,7 @@ def build_pretrain_loader(cfg, rank: int, world: int):
 
 def build_eval_loader(cfg, root: str, indices=None):
     """Deterministic loader of (image, label) for feature extraction, optionally a subset."""
-    dataset = image_folder(root, eval_transform(cfg))
+    dataset = ImageFiles(root, eval_transform(cfg), bad_images=cfg.DATA.BAD_IMAGES)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.KNN.BATCH_SIZE, shuffle=False,
