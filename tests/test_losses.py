@@ -1,6 +1,7 @@
 """The base losses against lightly (an independent implementation) and closed forms; the
 optimiser's exclusions; the schedule; the sampler's split across ranks."""
 
+import itertools
 import math
 
 import pytest
@@ -71,14 +72,15 @@ def test_info_nce_with_queue_closed_form():
     assert info_nce_with_queue(q, k, queue, t).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_lars_excludes_biases_and_norms_from_adaptation_and_decay():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lars_excludes_biases_and_norms_from_adaptation_and_decay(foreach):
     from pretrain.engine.optim import LARS, param_groups
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
     groups = param_groups(model, weight_decay=0.5, exclude_bias_and_norm=True)
     assert [len(g["params"]) for g in groups] == [1, 3]  # linear weight | bias, bn weight/bias
-    opt = LARS(groups, lr=1.0, momentum=0.0, weight_decay=0.5, eta=0.001)
+    opt = LARS(groups, lr=1.0, momentum=0.0, weight_decay=0.5, eta=0.001, foreach=foreach)
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
         p.grad = torch.ones_like(p)
@@ -88,6 +90,24 @@ def test_lars_excludes_biases_and_norms_from_adaptation_and_decay():
     trust = 0.001 * before[0].norm() / d.norm()
     torch.testing.assert_close(w, before[0] - trust * d)  # adapted and decayed
     torch.testing.assert_close(bias, before[1] - 1.0)  # plain SGD step: no decay, no trust ratio
+
+
+def test_multi_tensor_lars_makes_the_per_parameter_updates():
+    from pretrain.engine.optim import LARS, param_groups
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [LARS(param_groups(m, 1e-4, True), lr=0.5, momentum=0.9, weight_decay=1e-4,
+                 eta=0.02, foreach=f) for m, f in zip(models, (False, True))]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, opt in zip(models, opts):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_warmup_then_cosine():
@@ -104,13 +124,14 @@ def test_sampler_ranks_partition_the_single_process_batches():
 
     one = EpochBatchSampler(103, 8, seed=3)
     two = [EpochBatchSampler(103, 8, rank=r, world=2, seed=3) for r in range(2)]
-    for s in [one, *two]:
-        s.set_epoch(5)
-    for whole, part0, part1 in zip(one, *two):
+    for whole, part0, part1 in zip(one.epoch_batches(5), *(s.epoch_batches(5) for s in two)):
         assert whole == part0 + part1
-    assert len(list(one)) == 103 // 8
-    full = list(one)
-    one.set_epoch(5, start_batch=4)  # a resume in the middle of epoch 5
-    assert list(one) == full[4:]
-    one.set_epoch(6)
-    assert list(one) != full
+    full = list(one.epoch_batches(5))
+    assert len(full) == 103 // 8 and len({i for batch in full for i, _ in batch}) == 96
+    assert list(one.epoch_batches(5, start_batch=4)) == full[4:]  # a resume mid-epoch
+    assert list(one.epoch_batches(6)) != full
+    # iterating runs on into the next epochs, from where set_epoch put it
+    one.set_epoch(5, start_batch=10)
+    stream = list(itertools.islice(one, 2 + 12 + 1))
+    assert stream[:2] == full[10:] and stream[2:14] == list(one.epoch_batches(6))
+    assert stream[14] == next(one.epoch_batches(7))

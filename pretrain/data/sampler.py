@@ -1,5 +1,7 @@
 """The batch sampler of pretraining: one global permutation per epoch, split across ranks."""
 
+import itertools
+
 import torch
 
 
@@ -10,6 +12,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     slice [i*B, (i+1)*B) and rank r takes the r-th contiguous part of it. So W ranks together
     see exactly the batches of one process with the global batch size, and `start_batch`
     resumes in the middle of an epoch without replaying the data.
+
+    Iterating yields from (epoch, start_batch) on, epoch after epoch, without end: one loader
+    iterator serves the whole run, so the workers prefetch across epoch boundaries instead of
+    starting again empty at each epoch.
     """
 
     def __init__(self, size: int, global_batch: int, rank: int = 0, world: int = 1,
@@ -25,12 +31,15 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __len__(self):
-        return self.batches_per_epoch - self.start_batch
+    def epoch_batches(self, epoch: int, start_batch: int = 0):
+        """This rank's batches of one epoch, from `start_batch` on."""
+        g = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        for b in range(start_batch, self.batches_per_epoch):
+            start = b * self.global_batch + self.rank * self.local_batch
+            yield [(i, epoch) for i in perm[start:start + self.local_batch]]
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
-        perm = torch.randperm(self.size, generator=g).tolist()
-        for b in range(self.start_batch, self.batches_per_epoch):
-            start = b * self.global_batch + self.rank * self.local_batch
-            yield [(i, self.epoch) for i in perm[start:start + self.local_batch]]
+        yield from self.epoch_batches(self.epoch, self.start_batch)
+        for epoch in itertools.count(self.epoch + 1):
+            yield from self.epoch_batches(epoch)

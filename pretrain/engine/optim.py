@@ -13,13 +13,18 @@ class LARS(torch.optim.Optimizer):
     scaling and the weight decay.
     """
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001):
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, foreach=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       eta=eta, lars_exclude=False))
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        if self.foreach:
+            for group in self.param_groups:
+                self._group_step_foreach(group)
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -38,6 +43,26 @@ class LARS(torch.optim.Optimizer):
                     state["momentum_buffer"].mul_(group["momentum"]).add_(d)
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
         return loss
+
+    def _group_step_foreach(self, group):
+        """The same update with multi-tensor kernels: a handful of launches per group instead of
+        a dozen per parameter (what dominates the optimiser step of a ResNet on a GPU)."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        d = [p.grad for p in params]
+        if not group["lars_exclude"]:
+            d = torch._foreach_add(d, params, alpha=group["weight_decay"])
+            w_norm = torch.stack(torch._foreach_norm(params))
+            d_norm = torch.stack(torch._foreach_norm(d))
+            trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
+                                torch.ones_like(w_norm))
+            d = torch._foreach_mul(d, list(trust.unbind()))
+        buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                   for p in params]  # 0 * momentum + d: the first step's buffer is d
+        torch._foreach_mul_(buffers, group["momentum"])
+        torch._foreach_add_(buffers, d)
+        torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
 def param_groups(model, weight_decay, exclude_bias_and_norm):
@@ -64,13 +89,15 @@ def build_optimizer(cfg, model):
     lr = scaled_lr(cfg)
     if s.OPTIMIZER == "lars":
         return LARS(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY,
-                    eta=s.LARS_ETA)
+                    eta=s.LARS_ETA, foreach=s.FUSED)
     for g in groups:  # only LARS reads this key
         g.pop("lars_exclude", None)
+    fused = {"fused": True} if s.FUSED else {}  # one kernel for all parameters (CPU and CUDA)
     if s.OPTIMIZER == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+        return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY,
+                               **fused)
     cls = torch.optim.Adam if s.OPTIMIZER == "adam" else torch.optim.AdamW
-    return cls(groups, lr=lr, weight_decay=s.WEIGHT_DECAY)
+    return cls(groups, lr=lr, weight_decay=s.WEIGHT_DECAY, **fused)
 
 
 def lr_at(iteration: int, max_iter: int, base_lr: float, warmup_iters: int,
