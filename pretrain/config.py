@@ -34,6 +34,10 @@ _C.INPUT.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation
 _C.INPUT.COLOR_JITTER_PROB = 0.8
 _C.INPUT.GRAYSCALE_PROB = 0.2
 _C.INPUT.BLUR_PROB = 0.5  # 0 for 32 px images (SimCLR's CIFAR recipe)
+# Colour jitter, grayscale, blur and normalisation batched on the training device instead of in
+# the loader workers (which then only decode, crop and flip): for GPUs the CPUs cannot feed.
+# simclr recipe only. Its small differences are listed in pretrain/data/device_augment.py.
+_C.INPUT.AUGMENT_ON_DEVICE = False
 _C.INPUT.MEAN = (0.485, 0.456, 0.406)  # torchvision's; the detectron2 configs use the same
 _C.INPUT.STD = (0.229, 0.224, 0.225)
 
@@ -78,6 +82,8 @@ _C.SOLVER.REFERENCE_BATCH_SIZE = 256
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 1e-6
 _C.SOLVER.LARS_ETA = 0.001  # LARS trust coefficient
+# Fused optimiser steps: torch's single-kernel SGD/Adam/AdamW, multi-tensor LARS (same update)
+_C.SOLVER.FUSED = True
 # Biases and norm-layer parameters: no weight decay and no LARS adaptation (SimCLR/BYOL recipe)
 _C.SOLVER.EXCLUDE_BIAS_AND_NORM = True
 _C.SOLVER.WARMUP_EPOCHS = 10.0
@@ -207,6 +213,9 @@ def validate(cfg):
                 "DIST.TIMEOUT_S"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+    if cfg.INPUT.AUGMENT_ON_DEVICE and cfg.INPUT.AUGMENTATION != "simclr":
+        raise ConfigError("INPUT.AUGMENT_ON_DEVICE supports INPUT.AUGMENTATION simclr only; "
+                          f"got {cfg.INPUT.AUGMENTATION!r}")
     if cfg.SOLVER.MAX_NONFINITE_SKIPS < 0:
         raise ConfigError("SOLVER.MAX_NONFINITE_SKIPS must be 0 or more, got "
                           f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")

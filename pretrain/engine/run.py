@@ -10,6 +10,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError
 from ..data import build_pretrain_loader, read_bad_image_list
+from ..data.device_augment import DeviceAugment
 from ..methods import build_method
 from .checkpoint import AtomicCheckpointer, RunState
 from .distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
@@ -74,7 +75,9 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     loader, sampler = build_pretrain_loader(cfg, rank, world)
     fp16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler)
+    augment = DeviceAugment(cfg) if cfg.INPUT.AUGMENT_ON_DEVICE else None
+    trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler,
+                              device_transform=augment)
 
     meta = checkpoint_meta(cfg)
     checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,

@@ -41,8 +41,10 @@ def is_peer_failure(error: BaseException) -> bool:
 
 
 class PretrainTrainer(TrainerBase):
-    def __init__(self, cfg, method, model, optimizer, loader, sampler, device, scaler=None):
+    def __init__(self, cfg, method, model, optimizer, loader, sampler, device, scaler=None,
+                 device_transform=None):
         super().__init__()
+        self.device_transform = device_transform  # batched augmentation on the device, or None
         self.cfg, self.method, self.model, self.optimizer = cfg, method, model, optimizer
         self.loader, self.sampler, self.device = loader, sampler, device
         self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
@@ -100,15 +102,11 @@ class PretrainTrainer(TrainerBase):
         return (self.iter + 1) % self.cfg.LOG_PERIOD == 0 or self.iter == self.max_iter - 1
 
     def _next_batch(self):
-        if self._batches is not None:
-            try:
-                return next(self._batches)
-            except StopIteration:
-                pass
-        # A new pass over the data starts at the position of the current iteration, also
-        # in the middle of an epoch after a resume.
-        self.sampler.set_epoch(self.epoch, self.iter % self.iters_per_epoch)
-        self._batches = iter(self.loader)
+        if self._batches is None:
+            # One endless stream of batches (see EpochBatchSampler), starting at the position of
+            # the current iteration, also in the middle of an epoch after a resume.
+            self.sampler.set_epoch(self.epoch, self.iter % self.iters_per_epoch)
+            self._batches = iter(self.loader)
         return next(self._batches)
 
     def run_step(self):
@@ -119,9 +117,11 @@ class PretrainTrainer(TrainerBase):
 
         start = time.perf_counter()
         views, _ = self._next_batch()
-        views = [v.to(self.device, non_blocking=True, memory_format=self.memory_format)
-                 for v in views]
+        views = [v.to(self.device, non_blocking=True) for v in views]
         data_time = time.perf_counter() - start
+        if self.device_transform is not None:
+            views = [self.device_transform(v) for v in views]
+        views = [v.contiguous(memory_format=self.memory_format) for v in views]
 
         for backup, buffer in zip(self._buffer_backup, self._buffers):
             backup.copy_(buffer)
