@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""Throughput of this project against a reference implementation, measured in one run.
+
+    # pretraining: ours vs the same SimCLR built from lightly's parts (same torchvision ResNet,
+    # NT-Xent, SimCLR augmentation, optimiser, batch, workers, AMP)
+    python tools/benchmark.py pretrain --config-file configs/pretrain/simclr_r18_cifar.yaml \
+        DATA.ROOT ../shared/data/cifar10-small/train SOLVER.BATCH_SIZE 128 DATA.NUM_WORKERS 2
+    # stage two: tools/train_net.py's trainer vs detectron2's plain DefaultTrainer, same config
+    DETECTRON2_DATASETS=../shared/data/detectron2 python tools/benchmark.py detection \
+        --config-file configs/cpu/coco_mask_rcnn_fpn_cpu.yaml
+
+Each side runs in its own process (clean peak memory, no shared thread pools), the sides
+alternate --repeats times and the median is reported. Per side: two-view samples/s of the full
+training step (loader included), the share of step time spent waiting for data, the step time
+of the model alone on synthetic input, and peak memory (GPU: max allocated; CPU: peak RSS of
+the main process). The first --warmup iterations are not timed. Prints a table and the ratio
+ours / reference; --output writes the numbers as JSON.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
+import torch
+from tabulate import tabulate
+
+PRETRAIN_SIDES = ("ours", "lightly")
+DETECTION_SIDES = ("ours", "detectron2")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def time_steps(step, device, warmup: int, iters: int):
+    """Run `step(i) -> seconds waited for data` warmup + iters times; per timed iteration
+    (step seconds, data-wait seconds)."""
+    timed = []
+    for i in range(warmup + iters):
+        start = time.perf_counter()
+        wait = step(i)
+        _sync(device)
+        if i >= warmup:
+            timed.append((time.perf_counter() - start, wait))
+    return timed
+
+
+def summarize(full, model_only, batch, device) -> dict:
+    step = statistics.median(t for t, _ in full)
+    return {"samples_per_s": batch / step, "step_s": step,
+            "data_wait_share": sum(w for _, w in full) / sum(t for t, _ in full),
+            "model_only_step_s": statistics.median(t for t, _ in model_only),
+            "model_only_samples_per_s": batch / statistics.median(t for t, _ in model_only),
+            "peak_memory_mb": _peak_memory_mb(device)}
+
+
+# --- pretraining ------------------------------------------------------------------------------
+
+def measure_ours(cfg, warmup, iters) -> dict:
+    from detectron2.utils.events import EventStorage
+
+    from pretrain.engine.run import build_trainer
+
+    trainer = build_trainer(cfg)
+    device = trainer.device
+    views, _ = trainer._next_batch()
+    # random input of the loader's kind (uint8 views when augmenting on the device)
+    synthetic = [(torch.randint_like(v, 256) if v.dtype == torch.uint8 else torch.randn_like(v))
+                 .to(device) for v in views]
+
+    def step(i):
+        trainer.iter = i
+        trainer.run_step()
+        return trainer.storage.history("data_time").latest()
+
+    with EventStorage() as trainer.storage:
+        full = time_steps(step, device, warmup, iters)
+        trainer._next_batch = lambda: (synthetic, None)
+        model_only = time_steps(step, device, warmup, iters)
+    return summarize(full, model_only, cfg.SOLVER.BATCH_SIZE, device)
+
+
+def measure_lightly(cfg, warmup, iters) -> dict:
+    """SimCLR as lightly's documentation assembles it: torchvision backbone, SimCLRProjectionHead,
+    NTXentLoss, SimCLRTransform, a plain PyTorch loop. The settings come from the same config."""
+    import torchvision
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms import SimCLRTransform
+    from lightly.utils.lars import LARS
+
+    from pretrain.engine.optim import param_groups, scaled_lr
+    from pretrain.engine.run import resolve_device
+
+    if cfg.METHOD.NAME != "simclr" or cfg.OBJECTIVES:
+        raise SystemExit("the lightly reference is SimCLR without objectives")
+    device = resolve_device(cfg)
+    torch.manual_seed(cfg.SEED)
+    backbone = getattr(torchvision.models, cfg.MODEL.ARCH)()
+    if cfg.MODEL.CIFAR_STEM:
+        backbone.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        backbone.maxpool = torch.nn.Identity()
+    features = backbone.fc.in_features
+    backbone.fc = torch.nn.Identity()
+    p = cfg.METHOD.PROJECTOR
+    model = torch.nn.Sequential(backbone, SimCLRProjectionHead(
+        features, p.HIDDEN_DIM, p.OUT_DIM, num_layers=p.NUM_LAYERS, batch_norm=p.BN)).to(device)
+    criterion = NTXentLoss(temperature=cfg.METHOD.SIMCLR.TEMPERATURE)
+    i = cfg.INPUT
+    jitter = i.COLOR_JITTER  # lightly: strength * (0.8, 0.8, 0.8, 0.2); ours (0.4, 0.4, 0.4, 0.1)
+    transform = SimCLRTransform(
+        input_size=i.SIZE, cj_prob=i.COLOR_JITTER_PROB, cj_strength=1.0, cj_bright=jitter[0],
+        cj_contrast=jitter[1], cj_sat=jitter[2], cj_hue=jitter[3], min_scale=i.CROP_SCALE[0],
+        random_gray_scale=i.GRAYSCALE_PROB, gaussian_blur=i.BLUR_PROB,
+        normalize={"mean": list(i.MEAN), "std": list(i.STD)})
+    dataset = torchvision.datasets.ImageFolder(cfg.DATA.ROOT, transform=transform)
+    workers = cfg.DATA.NUM_WORKERS
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.SOLVER.BATCH_SIZE, shuffle=True, drop_last=True,
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    s = cfg.SOLVER
+    groups = param_groups(model, s.WEIGHT_DECAY, s.EXCLUDE_BIAS_AND_NORM)
+    if s.OPTIMIZER == "lars":
+        optimizer = LARS(groups, lr=scaled_lr(cfg), momentum=s.MOMENTUM,
+                         weight_decay=s.WEIGHT_DECAY, trust_coefficient=s.LARS_ETA)
+    else:
+        for g in groups:
+            g.pop("lars_exclude", None)
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        extra = {"momentum": s.MOMENTUM} if s.OPTIMIZER == "sgd" else {}
+        optimizer = cls[s.OPTIMIZER](groups, lr=scaled_lr(cfg), **extra)
+    amp_dtype = torch.bfloat16 if s.AMP.DTYPE == "bfloat16" else torch.float16
+    batches = iter(loader)
+    synthetic = None
+
+    def step(_):
+        nonlocal batches, synthetic
+        start = time.perf_counter()
+        if synthetic is None:
+            try:
+                (x0, x1), _ = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                (x0, x1), _ = next(batches)
+            x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
+        else:
+            x0, x1 = synthetic
+        wait = time.perf_counter() - start
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=s.AMP.ENABLED):
+            loss = criterion(model(x0), model(x1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return wait
+
+    full = time_steps(step, device, warmup, iters)
+    shape = (cfg.SOLVER.BATCH_SIZE, 3, i.SIZE, i.SIZE)
+    synthetic = (torch.randn(shape, device=device), torch.randn(shape, device=device))
+    model_only = time_steps(step, device, warmup, iters)
+    return summarize(full, model_only, cfg.SOLVER.BATCH_SIZE, device)
+
+
+def pretrain_config(args):
+    from pretrain.config import load_config
+
+    total = args.warmup + args.iters
+    return load_config(args.config_file, list(args.opts) + [
+        "OUTPUT_DIR", args.scratch, "KNN.ENABLED", "False", "SOLVER.MAX_ITER", str(2 * total),
+        "SOLVER.CHECKPOINT_PERIOD", str(10**9), "LOG_PERIOD", str(10**9)])
+
+
+# --- detection --------------------------------------------------------------------------------
+
+def measure_detection(side, args) -> dict:
+    """Iterations/s of training, after warm-up: tools/train_net.py's Trainer or detectron2's
+    DefaultTrainer on the same (machine-adapted) config, no evaluation."""
+    from detectron2.engine import DefaultTrainer
+
+    from transfer.trainer import Trainer, setup
+
+    args.opts = list(args.opts) + [
+        "OUTPUT_DIR", args.scratch, "SOLVER.MAX_ITER", str(args.warmup + args.iters),
+        "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATASETS.TEST", "()",
+        "TEST.PRECISE_BN.ENABLED", "False", "TEST.EVAL_PERIOD", "0"]
+    args.eval_only, args.resume = False, False
+    cfg = setup(args)
+    trainer = (Trainer if side == "ours" else DefaultTrainer)(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    times = trainer.storage.history("time").values()[args.warmup:]
+    step = statistics.median(t for t, _ in times)
+    device = torch.device(cfg.MODEL.DEVICE)
+    return {"iterations_per_s": 1 / step, "step_s": step,
+            "data_wait_share": statistics.mean(
+                d for d, _ in trainer.storage.history("data_time").values()[args.warmup:]) / step,
+            "images_per_s": cfg.SOLVER.IMS_PER_BATCH / step, "peak_memory_mb": _peak_memory_mb(device)}
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+def measure_one(args) -> dict:
+    """One side, in this process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        args.scratch = scratch
+        if args.task == "detection":
+            return measure_detection(args.side, args)
+        cfg = pretrain_config(args)
+        measure = measure_ours if args.side == "ours" else measure_lightly
+        return measure(cfg, args.warmup, args.iters)
+
+
+def run_sides(args, sides):
+    """Every side in its own process, alternating, --repeats times; the median per side."""
+    runs = {side: [] for side in sides}
+    for _ in range(args.repeats):
+        for side in sides:
+            cmd = [sys.executable, os.path.abspath(__file__), args.task, "--side", side,
+                   "--config-file", args.config_file, "--warmup", str(args.warmup),
+                   "--iters", str(args.iters), *args.opts]
+            print(f"measuring {side} ...", file=sys.stderr, flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if done.returncode or not lines:
+                raise SystemExit(f"error: measuring {side} failed:\n{done.stderr[-3000:]}")
+            runs[side].append(json.loads(lines[-1]))
+    return {side: {key: statistics.median(r[key] for r in results) for key in results[0]}
+            for side, results in runs.items()}
+
+
+def report(args, results, sides):
+    ours, reference = sides
+    first = "samples_per_s" if args.task == "pretrain" else "iterations_per_s"
+    keys = list(results[ours])
+    rows = [[side] + [results[side][k] for k in keys] for side in sides]
+    ratio = results[ours][first] / results[reference][first]
+    print(tabulate(rows, headers=["side"] + keys, tablefmt="github", floatfmt=".4g"))
+    print(f"\nratio ours / {reference} ({first}): {ratio:.3f}")
+    extra = {}
+    if args.task == "pretrain":
+        model_ratio = (results[ours]["model_only_samples_per_s"]
+                       / results[reference]["model_only_samples_per_s"])
+        print(f"ratio ours / {reference} (model only, synthetic input): {model_ratio:.3f}")
+        extra["ratio_model_only"] = model_ratio
+    if args.output:
+        record = {"task": args.task, "config_file": args.config_file, "overrides": args.opts,
+                  "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats,
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "results": results, "ratio": ratio, **extra}
+        with open(args.output, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"saved to {args.output}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=("pretrain", "detection"))
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (default 2)")
+    parser.add_argument("--iters", type=int, default=6, help="timed iterations (default 6)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternating runs per side; the median is reported (default 2)")
+    parser.add_argument("--output", metavar="JSON", help="write the results here")
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: measure one side
+    parser.epilog = "Trailing KEY VALUE pairs override the config, on both sides."
+    args, args.opts = parser.parse_known_args(argv)
+    unknown = [o for o in args.opts if o.startswith("--")]
+    if unknown:
+        parser.error(f"unknown option {unknown[0]}")
+    if args.side:
+        print(json.dumps(measure_one(args)))
+        return 0
+    sides = PRETRAIN_SIDES if args.task == "pretrain" else DETECTION_SIDES
+    report(args, run_sides(args, sides), sides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
