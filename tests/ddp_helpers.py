@@ -2,6 +2,7 @@
 each, DDP + GlobalBatchNorm), and return the gradients. Used by test_distributed.py."""
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -53,3 +54,43 @@ def distributed_grads(method_name, world, tmp_dir):
     torch.multiprocessing.spawn(_worker, args=(world, os.path.join(tmp_dir, "init"),
                                                method_name, out), nprocs=world)
     return torch.load(out, weights_only=True)
+
+
+def _nan_skip_worker(rank, world, port, overrides, nan_rank, nan_iteration, out_dir):
+    """A real pretraining run (build_trainer: DDP, gloo) whose batch on `nan_rank` is NaN at
+    `nan_iteration`; saves the skip count and the final weights of this rank."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pretrain.engine.run import build_trainer
+
+    trainer = build_trainer(load_config("", overrides))
+    clean_batch = trainer._next_batch
+
+    def batch():
+        views, labels = clean_batch()
+        if rank == nan_rank and trainer.iter == nan_iteration:
+            views = [v * float("nan") for v in views]
+        return views, labels
+
+    trainer._next_batch = batch
+    try:
+        trainer.train(0, trainer.max_iter)
+        torch.save({"skipped": trainer.skipped_steps, "model": trainer.method.state_dict()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_with_nan_on_one_rank(overrides, port, out_dir, world=2, timeout_s=300):
+    context = torch.multiprocessing.spawn(
+        _nan_skip_worker, args=(world, port, overrides, 1, 1, out_dir), nprocs=world,
+        join=False)
+    deadline = time.time() + timeout_s
+    while not context.join(timeout=5):
+        if time.time() > deadline:
+            for p in context.processes:
+                p.kill()
+            raise TimeoutError("the ranks did not finish: a skipped step left one waiting")
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True)
+            for r in range(world)]

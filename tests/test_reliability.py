@@ -462,3 +462,26 @@ def test_a_failed_rank_stops_the_other_with_a_clear_error(fault, shared_data, tm
     assert "error: rank 0 stopped at iteration" in err and "--resume" in err
     assert "Traceback" not in err
     assert waited < (10 if fault == signal.SIGKILL else 15 + 30)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_makes_every_rank_skip_the_step(shared_data, tmp_path):
+    """MoCo v2 without shuffle/sync BN: only rank 1's loss is NaN at iteration 1. Both ranks
+    must skip it (else DDP's gradient all-reduce would wait forever for the rank that skipped),
+    and stay identical."""
+    from ddp_helpers import run_with_nan_on_one_rank
+
+    overrides = ["METHOD.NAME", "mocov2", "MODEL.ARCH", "resnet18", "MODEL.CIFAR_STEM", "True",
+                 "METHOD.MOCO.SHUFFLE_BN", "False", "MODEL.SYNC_BN", "False",
+                 "METHOD.MOCO.QUEUE_SIZE", "16", "DATA.ROOT", str(shared_data / "cifar10-small/test"),
+                 "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "8", "SOLVER.MAX_ITER", "3",
+                 "SOLVER.OPTIMIZER", "adam", "SOLVER.BASE_LR", "1e-3", "SOLVER.CHECKPOINT_PERIOD",
+                 "1000", "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
+                 "MODEL.CHANNELS_LAST", "False", "KNN.ENABLED", "False", "DIST.TIMEOUT_S", "30",
+                 "OUTPUT_DIR", str(tmp_path)]
+    ranks = run_with_nan_on_one_rank(overrides, port=29655, out_dir=str(tmp_path))
+    assert [r["skipped"] for r in ranks] == [1, 1]
+    for key, value in ranks[0]["model"].items():
+        if key.startswith(("encoder.", "head.")) and "running" not in key:
+            assert torch.equal(value, ranks[1]["model"][key]), key
+    assert _all_finite(ranks[0]["model"]) and _all_finite(ranks[1]["model"])
