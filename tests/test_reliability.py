@@ -119,7 +119,7 @@ def test_random_sigkills_also_inside_checkpoint_writes_lose_nothing(
                 out / "log.txt").read_text()[log_size:]:
             assert time.time() < deadline and proc.poll() is None, "the run did not start"
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 3.0))
+        time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is not None:
             break  # it finished first
         proc.send_signal(signal.SIGKILL)

@@ -98,10 +98,14 @@ def measure_lightly(cfg, warmup, iters) -> dict:
     """SimCLR as lightly's documentation assembles it: torchvision backbone, SimCLRProjectionHead,
     NTXentLoss, SimCLRTransform, a plain PyTorch loop. The settings come from the same config."""
     import torchvision
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
-    from lightly.utils.lars import LARS
+    try:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+        from lightly.transforms import SimCLRTransform
+        from lightly.utils.lars import LARS
+    except ImportError:
+        raise SystemExit("error: the reference side needs lightly: `make install-test` (or "
+                         "`.venv/bin/pip install -r requirements-test.txt`)") from None
 
     from pretrain.engine.optim import param_groups, scaled_lr
     from pretrain.engine.run import resolve_device
@@ -148,7 +152,7 @@ def measure_lightly(cfg, warmup, iters) -> dict:
     synthetic = None
 
     def step(_):
-        nonlocal batches, synthetic
+        nonlocal batches
         start = time.perf_counter()
         if synthetic is None:
             try:

@@ -1,7 +1,5 @@
 """Data loaders for pretraining and for feature extraction."""
 
-import os
-
 import torch
 
 from .datasets import DatasetError, ImageFiles, SeededViews
@@ -20,8 +18,6 @@ def build_pretrain_loader(cfg, rank: int, world: int):
     if not cfg.DATA.ROOT:
         raise DatasetError("DATA.ROOT is empty: set it to the training image folder "
                            "(ROOT/<class>/<image>.jpg)")
-    if cfg.OUTPUT_DIR and rank == 0:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     folder = ImageFiles(cfg.DATA.ROOT, bad_images=cfg.DATA.BAD_IMAGES, report_dir=cfg.OUTPUT_DIR)
     dataset = SeededViews(folder, build_view_transform(cfg), cfg.SEED)
     sampler = EpochBatchSampler(len(dataset), cfg.SOLVER.BATCH_SIZE, rank, world, cfg.SEED)

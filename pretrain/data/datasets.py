@@ -90,6 +90,7 @@ class ImageFiles(ImageFolder):
     def _record(self, path, reason):
         self._reported.add(path)
         if self.report_path:  # one short append per line: safe from several workers and ranks
+            os.makedirs(os.path.dirname(self.report_path), exist_ok=True)
             with open(self.report_path, "a") as f:
                 f.write(f"{path}\t{reason}\n")
 

@@ -54,16 +54,12 @@ def hue_shift(x, hue):
                     torch.where(value == g, 2 + (b - r) / d, 4 + (r - g) / d))
     h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
     h = (h + hue.view(-1, 1, 1)) % 1.0
-    sector = torch.floor(h * 6)
-    f = h * 6 - sector
-    p = value * (1 - saturation)
-    q = value * (1 - saturation * f)
-    t = value * (1 - saturation * (1 - f))
-    sector = sector.long() % 6
-    choices = torch.stack([torch.stack(c, 1) for c in ((value, t, p), (q, value, p),
-                                                       (p, value, t), (p, q, value),
-                                                       (t, p, value), (value, p, q))])
-    return choices.gather(0, sector[None, :, None].expand(1, -1, 3, -1, -1)).squeeze(0)
+    # back to RGB without branches: channel n is v - v*s*clamp(min(k, 4 - k), 0, 1) with
+    # k = (n + 6h) mod 6 and n = 5, 3, 1 for R, G, B (no per-sector copies of the batch)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+         + 6 * h.unsqueeze(1)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0, 1)
+    return value.unsqueeze(1) * (1 - saturation.unsqueeze(1) * ramp)
 
 
 def gaussian_blur(x, sigma, kernel_size):
