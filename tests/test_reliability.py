@@ -49,6 +49,16 @@ def _damage(path):
     path.write_bytes(data[:len(data) // 3])
 
 
+def _sigkill_when_written(proc, path, timeout_s=600):
+    """SIGKILL `proc` as soon as `path` exists."""
+    deadline = time.time() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, f"run ended before {path.name}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 class CodeCarrier:
     """Unpickling this runs `touch <file>`: what a malicious checkpoint would do."""
 
@@ -82,12 +92,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(
         killed = tmp_path / f"killed{attempt}"
         proc = subprocess.Popen(PRETRAIN + args + ["OUTPUT_DIR", str(killed)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while not (killed / "model_0000003.pth").exists():
-            assert proc.poll() is None and time.time() < deadline, "run ended before iteration 4"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _sigkill_when_written(proc, killed / "model_0000003.pth")
         if (killed / "last_checkpoint").read_text() == "model_0000003.pth":
             break
     else:
@@ -257,12 +262,7 @@ def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
         "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD",
         "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (out / "model_0000003.pth").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before iteration 4"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _sigkill_when_written(proc, out / "model_0000003.pth")
     assert not (out / "model_final.pth").exists()
     for path in out.glob("*.pth"):
         assert "model" in _load(path), path
