@@ -349,6 +349,38 @@ def test_pretraining_over_bad_images_finishes_or_stops_clearly(folder_with_bad_i
     assert "Traceback" not in fatal.stderr
 
 
+@pytest.mark.slow
+def test_train_net_skips_an_unreadable_image_or_stops_clearly(tmp_path):
+    """Stage two: a truncated JPEG among the training images of a VOC-layout set."""
+    voc = tmp_path / "voc"
+    names = [f"raccoon-{i}" for i in range(1, 5)]
+    source = REPO / "datasets/raccoon_small"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    for name in names:
+        shutil.copy(source / "Annotations" / f"{name}.xml", voc / "Annotations")
+        shutil.copy(source / "JPEGImages" / f"{name}.jpg", voc / "JPEGImages")
+    (voc / "ImageSets/Main/train.txt").write_text("\n".join(names) + "\n")
+    _damage(voc / "JPEGImages" / f"{names[1]}.jpg")
+    args = TRAIN_NET + [
+        "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
+        "--register-voc", "tiny_train", str(voc), "train", "--voc-classes", "raccoon",
+        "DATASETS.TRAIN", '("tiny_train",)', "DATASETS.TEST", "()",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
+        "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.MAX_ITER", "3",
+        "DATALOADER.NUM_WORKERS", "1"]
+    skipped = _run(args + ["OUTPUT_DIR", str(tmp_path / "skip")])
+    assert skipped.returncode == 0, (skipped.stdout + skipped.stderr)[-3000:]
+    assert "skipping unreadable image" in skipped.stdout + skipped.stderr
+    assert f"{names[1]}.jpg" in (tmp_path / "skip/bad_images.txt").read_text()
+
+    fatal = _run(args + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATALOADER.BAD_IMAGES", "error"])
+    assert fatal.returncode == 1
+    assert f"{names[1]}.jpg cannot be decoded" in fatal.stderr
+    assert "DATALOADER.BAD_IMAGES skip" in fatal.stderr and "Traceback" not in fatal.stderr
+
+
 # --- bad configs and arguments ---------------------------------------------------------------
 
 def test_empty_data_folder_and_indivisible_batch_get_one_clear_message(tmp_path):

@@ -25,6 +25,7 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from pretrain.data import DatasetError, user_message
 from pretrain.engine.checkpoint import CheckpointError
 from transfer.data import (VOC_CLASSES, DatasetRegistrationError, register_builtin_voc_semseg,
                            register_coco, register_semseg, register_voc)
@@ -110,3 +111,6 @@ if __name__ == "__main__":
     except (TransferSetupError, DatasetRegistrationError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except DatasetError as e:  # an unreadable image with DATALOADER.BAD_IMAGES error
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        sys.exit(1)

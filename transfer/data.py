@@ -1,5 +1,5 @@
 """Data sets for stage two: registration from the command line, VOC semantic segmentation,
-and a dataset mapper that reads label PNGs as stored."""
+a dataset mapper that reads label PNGs as stored, and the training mappers' bad-image policy."""
 
 import copy
 import os
@@ -13,6 +13,8 @@ from detectron2.data.datasets import load_sem_seg, register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # noqa: F401
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 from PIL import Image
+
+from pretrain.data import BadImageLog, DatasetError
 
 
 class DatasetRegistrationError(ValueError):
@@ -71,6 +73,41 @@ def register_builtin_voc_semseg(root=None):
         DatasetCatalog.register(name, lambda s=split: _load_voc_semseg(voc_dir, s))
         MetadataCatalog.get(name).set(stuff_classes=["background", *VOC_CLASSES],
                                       ignore_label=255, evaluator_type="sem_seg")
+
+
+class SkipUnreadableImages(torch.utils.data.Dataset):
+    """The training set, mapped by `mapper`. An image that cannot be decoded (truncated, empty,
+    not an image) is skipped with a warning naming it, listed in OUTPUT_DIR/bad_images.txt, and
+    the next image of the set is mapped in its place (detectron2's own retry, MapDataset's,
+    fails on Python >= 3.11). DATALOADER.BAD_IMAGES error stops at the first one instead."""
+
+    def __init__(self, dataset, mapper, policy: str, report_dir: str):
+        self.dataset, self.mapper, self.policy = dataset, mapper, policy
+        self.log = BadImageLog(report_dir)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        for offset in range(len(self.dataset)):
+            dataset_dict = self.dataset[(index + offset) % len(self.dataset)]
+            try:
+                mapped = self.mapper(dataset_dict)
+            except (OSError, Image.DecompressionBombError) as e:
+                self._bad(dataset_dict.get("file_name", "?"), e)
+                continue
+            if mapped is not None:  # a mapper may also decline an image (e.g. no boxes left)
+                return mapped
+        raise DatasetError("no image of the training set can be used; see the warnings above")
+
+    def _bad(self, path, error):
+        reason = f"{type(error).__name__}: {str(error)[:200]}"
+        if self.policy == "error":
+            raise DatasetError(f"{path} cannot be decoded ({reason}). Remove or replace the file, "
+                               "or set DATALOADER.BAD_IMAGES skip to skip such files with a "
+                               "warning.")
+        self.log.record(path, reason, f"skipping unreadable image {path} ({reason}); the next "
+                                      "image of the set is used in its place")
 
 
 class SemSegDatasetMapper(DatasetMapper):

@@ -8,8 +8,9 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import (MetadataCatalog, build_detection_test_loader,
-                             build_detection_train_loader)
+from detectron2.data import (DatasetFromList, DatasetMapper, MetadataCatalog,
+                             build_detection_test_loader, build_detection_train_loader)
+from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, SemSegEvaluator
 from detectron2.utils import comm
@@ -19,7 +20,7 @@ from pretrain.engine.checkpoint import (AtomicSaveMixin, atomic_write, check_wei
                                         load_checkpoint_file)
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from .data import SemSegDatasetMapper
+from .data import SemSegDatasetMapper, SkipUnreadableImages
 
 logger = logging.getLogger("transfer")
 
@@ -67,6 +68,9 @@ def setup(args):
     """Config from file + overrides, adapted to the machine, then detectron2's default_setup
     (output folder, logging, config.yaml, seed)."""
     cfg = get_cfg()
+    # An unreadable training image: "skip" (warn, list in OUTPUT_DIR/bad_images.txt, map another
+    # image) or "error". Ours; detectron2 itself stops with a traceback.
+    cfg.DATALOADER.BAD_IMAGES = "skip"
     if not os.path.isfile(args.config_file):
         raise TransferSetupError(f"config file not found: {args.config_file}")
     try:
@@ -74,6 +78,9 @@ def setup(args):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError) as e:
         raise TransferSetupError(f"bad config ({args.config_file} + overrides): {e}") from None
+    if cfg.DATALOADER.BAD_IMAGES not in ("skip", "error"):
+        raise TransferSetupError(f"DATALOADER.BAD_IMAGES = {cfg.DATALOADER.BAD_IMAGES!r} is not "
+                                 "one of skip, error")
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise TransferSetupError(f"MODEL.WEIGHTS {weights} does not exist. Convert a pretraining "
@@ -155,7 +162,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=cls._mapper(cfg, True))
+        # detectron2's loader from the config, with our mapping step (bad-image policy)
+        spec = _train_loader_from_config(cfg, cls._mapper(cfg, True) or DatasetMapper(cfg, True))
+        spec["dataset"] = SkipUnreadableImages(
+            DatasetFromList(spec["dataset"], copy=False), spec.pop("mapper"),
+            cfg.DATALOADER.BAD_IMAGES, cfg.OUTPUT_DIR)
+        return build_detection_train_loader(**spec, mapper=None)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

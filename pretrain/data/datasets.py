@@ -33,6 +33,26 @@ def user_message(error: BaseException) -> str:
     return text
 
 
+class BadImageLog:
+    """Warns once per file and appends `path<TAB>reason` to REPORT_DIR/bad_images.txt ("" for
+    no file). One short append per line: safe from several loader workers and ranks."""
+
+    def __init__(self, report_dir: str = ""):
+        self.path = os.path.join(report_dir, BAD_IMAGE_LIST) if report_dir else ""
+        self._seen = set()
+
+    def record(self, path: str, reason: str, warning: str = "") -> None:
+        if path in self._seen:  # once per process; read_bad_image_list deduplicates the rest
+            return
+        self._seen.add(path)
+        if warning:
+            logger.warning(warning)
+        if self.path:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(f"{path}\t{reason}\n")
+
+
 def decode_rgb(path: str) -> Image.Image:
     """Decode by content, not by file name, and convert to RGB (grayscale, CMYK, palette)."""
     with Image.open(path) as image:
@@ -48,8 +68,7 @@ class ImageFiles(ImageFolder):
 
     def __init__(self, root: str, transform=None, bad_images: str = "skip", report_dir: str = ""):
         self.bad_images = bad_images
-        self.report_path = os.path.join(report_dir, BAD_IMAGE_LIST) if report_dir else ""
-        self._reported = set()
+        self.log = BadImageLog(report_dir)
         ignored = []
         try:
             super().__init__(root, transform=transform, is_valid_file=lambda p: (
@@ -61,7 +80,7 @@ class ImageFiles(ImageFolder):
             logger.warning(f"{root}: ignored {len(ignored)} files without an image extension, "
                            f"e.g. {', '.join(ignored[:3])}")
             for path in ignored:
-                self._record(path, "not an image file name (ignored)")
+                self.log.record(path, "not an image file name (ignored)")
 
     def read(self, index: int):
         """(RGB image, label) of sample `index`, or of the next readable one after it."""
@@ -82,17 +101,8 @@ class ImageFiles(ImageFolder):
         if self.bad_images == "error":
             raise DatasetError(f"{path} cannot be decoded ({reason}). Remove or replace the file, "
                                "or set DATA.BAD_IMAGES skip to skip such files with a warning.")
-        if path not in self._reported:  # once per process; the list is deduplicated on reading
-            logger.warning(f"skipping unreadable image {path} ({reason}); the next image of the "
-                           "folder is used in its place")
-            self._record(path, reason)
-
-    def _record(self, path, reason):
-        self._reported.add(path)
-        if self.report_path:  # one short append per line: safe from several workers and ranks
-            os.makedirs(os.path.dirname(self.report_path), exist_ok=True)
-            with open(self.report_path, "a") as f:
-                f.write(f"{path}\t{reason}\n")
+        self.log.record(path, reason, f"skipping unreadable image {path} ({reason}); the next "
+                                      "image of the folder is used in its place")
 
 
 def read_bad_image_list(output_dir: str) -> dict:
