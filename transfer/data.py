@@ -14,7 +14,7 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # no
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 from PIL import Image
 
-from pretrain.data import BadImageLog, DatasetError
+from pretrain.data import BadImages, DatasetError
 
 
 class DatasetRegistrationError(ValueError):
@@ -82,8 +82,8 @@ class SkipUnreadableImages(torch.utils.data.Dataset):
     fails on Python >= 3.11). DATALOADER.BAD_IMAGES error stops at the first one instead."""
 
     def __init__(self, dataset, mapper, policy: str, report_dir: str):
-        self.dataset, self.mapper, self.policy = dataset, mapper, policy
-        self.log = BadImageLog(report_dir)
+        self.dataset, self.mapper = dataset, mapper
+        self.bad = BadImages(policy, report_dir, key="DATALOADER.BAD_IMAGES")
 
     def __len__(self):
         return len(self.dataset)
@@ -94,20 +94,11 @@ class SkipUnreadableImages(torch.utils.data.Dataset):
             try:
                 mapped = self.mapper(dataset_dict)
             except (OSError, Image.DecompressionBombError) as e:
-                self._bad(dataset_dict.get("file_name", "?"), e)
+                self.bad.unreadable(dataset_dict.get("file_name", "?"), e)
                 continue
             if mapped is not None:  # a mapper may also decline an image (e.g. no boxes left)
                 return mapped
         raise DatasetError("no image of the training set can be used; see the warnings above")
-
-    def _bad(self, path, error):
-        reason = f"{type(error).__name__}: {str(error)[:200]}"
-        if self.policy == "error":
-            raise DatasetError(f"{path} cannot be decoded ({reason}). Remove or replace the file, "
-                               "or set DATALOADER.BAD_IMAGES skip to skip such files with a "
-                               "warning.")
-        self.log.record(path, reason, f"skipping unreadable image {path} ({reason}); the next "
-                                      "image of the set is used in its place")
 
 
 class SemSegDatasetMapper(DatasetMapper):

@@ -33,15 +33,31 @@ def user_message(error: BaseException) -> str:
     return text
 
 
-class BadImageLog:
-    """Warns once per file and appends `path<TAB>reason` to REPORT_DIR/bad_images.txt ("" for
-    no file). One short append per line: safe from several loader workers and ranks."""
+class BadImages:
+    """What happens to a file that cannot be used as an image. `policy` "skip": a warning once
+    per file and a line `path<TAB>reason` appended to REPORT_DIR/bad_images.txt ("" for no
+    file; one short append per line is safe from several loader workers and ranks); "error": a
+    DatasetError naming the file and the config `key` that turns skipping back on."""
 
-    def __init__(self, report_dir: str = ""):
+    def __init__(self, policy: str = "skip", report_dir: str = "", key: str = "DATA.BAD_IMAGES"):
+        self.policy, self.key = policy, key
         self.path = os.path.join(report_dir, BAD_IMAGE_LIST) if report_dir else ""
         self._seen = set()
 
-    def record(self, path: str, reason: str, warning: str = "") -> None:
+    def unreadable(self, path: str, error: BaseException) -> None:
+        """Called for a file that failed to decode; the caller then uses the next image."""
+        reason = f"{type(error).__name__}: {str(error)[:200]}"
+        if self.policy == "error":
+            raise DatasetError(f"{path} cannot be decoded ({reason}). Remove or replace the file, "
+                               f"or set {self.key} skip to skip such files with a warning.")
+        self._record(path, reason, f"skipping unreadable image {path} ({reason}); the next "
+                                   "image is used in its place")
+
+    def ignored(self, path: str) -> None:
+        """A file without an image extension, left out of the data set (listed, no warning)."""
+        self._record(path, "not an image file name (ignored)")
+
+    def _record(self, path, reason, warning=""):
         if path in self._seen:  # once per process; read_bad_image_list deduplicates the rest
             return
         self._seen.add(path)
@@ -67,8 +83,7 @@ class ImageFiles(ImageFolder):
     """
 
     def __init__(self, root: str, transform=None, bad_images: str = "skip", report_dir: str = ""):
-        self.bad_images = bad_images
-        self.log = BadImageLog(report_dir)
+        self.bad = BadImages(bad_images, report_dir)
         ignored = []
         try:
             super().__init__(root, transform=transform, is_valid_file=lambda p: (
@@ -80,7 +95,7 @@ class ImageFiles(ImageFolder):
             logger.warning(f"{root}: ignored {len(ignored)} files without an image extension, "
                            f"e.g. {', '.join(ignored[:3])}")
             for path in ignored:
-                self.log.record(path, "not an image file name (ignored)")
+                self.bad.ignored(path)
 
     def read(self, index: int):
         """(RGB image, label) of sample `index`, or of the next readable one after it."""
@@ -89,20 +104,12 @@ class ImageFiles(ImageFolder):
             try:
                 return decode_rgb(path), label
             except (OSError, ValueError, Image.DecompressionBombError) as e:
-                self._bad(path, e)
+                self.bad.unreadable(path, e)
         raise DatasetError(f"no image in {self.root} can be decoded; see the warnings above")
 
     def __getitem__(self, index):
         image, label = self.read(index)
         return (self.transform(image) if self.transform else image), label
-
-    def _bad(self, path, error):
-        reason = f"{type(error).__name__}: {str(error)[:200]}"
-        if self.bad_images == "error":
-            raise DatasetError(f"{path} cannot be decoded ({reason}). Remove or replace the file, "
-                               "or set DATA.BAD_IMAGES skip to skip such files with a warning.")
-        self.log.record(path, reason, f"skipping unreadable image {path} ({reason}); the next "
-                                      "image of the folder is used in its place")
 
 
 def read_bad_image_list(output_dir: str) -> dict:
