@@ -85,10 +85,10 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
                                       optimizer=optimizer, scaler=scaler)
     trainer.start_iter = 0
     if resume and checkpointer.has_checkpoint():
-        path = checkpointer.get_checkpoint_file()
-        extra = checkpointer.resume_or_load(path, resume=True)
+        # the newest readable checkpoint, which need not be the one last_checkpoint names
+        extra = checkpointer.resume_or_load("", resume=True)
         trainer.start_iter = extra["iteration"] + 1
-        logger.info(f"resumed from {path}: continuing at iteration {trainer.start_iter}")
+        logger.info(f"resumed: continuing at iteration {trainer.start_iter}")
 
     writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
                TensorboardXWriter(cfg.OUTPUT_DIR)] if rank == 0 else []
@@ -108,8 +108,8 @@ def run_pretraining(cfg, resume: bool = False) -> PretrainTrainer:
     trainer.train(trainer.start_iter, trainer.max_iter)
     if get_world_size() > 1:
         torch.distributed.barrier()
-    bad = read_bad_image_list(cfg.OUTPUT_DIR)
-    if bad and is_main_process():
+    bad = read_bad_image_list(cfg.OUTPUT_DIR) if is_main_process() else {}
+    if bad:
         logger.warning(f"{len(bad)} files of DATA.ROOT were skipped as unreadable or not images; "
                        f"the list is in {os.path.join(cfg.OUTPUT_DIR, 'bad_images.txt')}")
     return trainer
