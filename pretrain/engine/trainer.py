@@ -140,9 +140,9 @@ class PretrainTrainer(TrainerBase):
         self.scaler.update()
         self.method.on_step_end(self.iter + 1, self.max_iter)
         if self.is_log_step():  # loss values are read back from the device only here
-            values = {name: reduce_mean(v.detach().float()).item() for name, v in losses.items()}
-            self.storage.put_scalars(loss=reduce_mean(loss.detach().float()).item(), **values,
-                                     skipped_steps=self.skipped_steps, smoothing_hint=False)
+            self.storage.put_scalars(loss=reduce_mean(loss.detach().float()).item(),
+                                     **_mean_over_ranks(losses), skipped_steps=self.skipped_steps,
+                                     smoothing_hint=False)
 
     def _all_ranks_finite(self, loss) -> bool:
         """One boolean per step (a host sync, like a GradScaler's); all ranks must agree, or
@@ -156,7 +156,7 @@ class PretrainTrainer(TrainerBase):
         for backup, buffer in zip(self._buffer_backup, self._buffers):
             buffer.copy_(backup)
         self.skipped_steps += 1
-        values = {name: reduce_mean(v.detach().float()).item() for name, v in losses.items()}
+        values = _mean_over_ranks(losses)
         limit = self.cfg.SOLVER.MAX_NONFINITE_SKIPS
         if self.skipped_steps > limit:
             raise NonFiniteLossError(
@@ -167,6 +167,11 @@ class PretrainTrainer(TrainerBase):
         logger.warning(f"iteration {self.iter}: non-finite loss (terms {values}); step skipped "
                        f"({self.skipped_steps} of at most {limit})")
         self.storage.put_scalars(skipped_steps=self.skipped_steps, smoothing_hint=False)
+
+
+def _mean_over_ranks(losses: dict) -> dict:
+    """{term: its mean over ranks, as a float}: reads the values back from the device."""
+    return {name: reduce_mean(v.detach().float()).item() for name, v in losses.items()}
 
 
 def total_iterations(cfg, iters_per_epoch: int) -> int:
