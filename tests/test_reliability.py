@@ -180,6 +180,16 @@ def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_file_whole(tmp_pat
     assert not list(tmp_path.glob(".*.tmp")), "a resume removes what the killed write left"
 
 
+def test_a_kill_inside_the_first_checkpoint_write_is_cleaned_up_by_the_resume(tmp_path):
+    """No last_checkpoint yet: the resume starts from scratch, without the killed write's file."""
+    from pretrain.engine.checkpoint import AtomicCheckpointer
+
+    (tmp_path / ".model_0000000.pth.abc123.tmp").write_bytes(b"x" * 1000)
+    assert AtomicCheckpointer(torch.nn.Linear(3, 3), str(tmp_path)).resume_or_load(
+        "", resume=True) == {}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.parametrize("bad", ["text", "truncated", "code", "no checkpoint left"])
 def test_resume_skips_an_unreadable_checkpoint_and_refuses_code(bad, tmp_path, caplog):
     from pretrain.engine.checkpoint import AtomicCheckpointer, CheckpointError, RunState

@@ -122,9 +122,10 @@ class AtomicSaveMixin:
         read, warning about every newer one that cannot (it is left in place for inspection and
         overwritten when its iteration is saved again); otherwise load `path`'s weights only
         (fvcore's behaviour). A checkpoint of another run is refused, not skipped."""
+        if resume:  # also when the kill came during the very first write: no checkpoint yet
+            self._remove_partial_writes()
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
-        self._remove_partial_writes()
         candidates = self._resume_candidates()
         for candidate in candidates:
             try:

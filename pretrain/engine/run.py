@@ -84,11 +84,13 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
                                       expected_meta=meta, run_state=RunState(meta),
                                       optimizer=optimizer, scaler=scaler)
     trainer.start_iter = 0
-    if resume and checkpointer.has_checkpoint():
-        # the newest readable checkpoint, which need not be the one last_checkpoint names
+    if resume:
+        # the newest readable checkpoint, which need not be the one last_checkpoint names;
+        # {} when there is none yet (the run starts, after removing unfinished writes)
         extra = checkpointer.resume_or_load("", resume=True)
-        trainer.start_iter = extra["iteration"] + 1
-        logger.info(f"resumed: continuing at iteration {trainer.start_iter}")
+        if extra:
+            trainer.start_iter = extra["iteration"] + 1
+            logger.info(f"resumed: continuing at iteration {trainer.start_iter}")
 
     writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
                TensorboardXWriter(cfg.OUTPUT_DIR)] if rank == 0 else []
