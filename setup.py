@@ -1,5 +1,5 @@
 """ssl2det: self-supervised ResNet pretraining (stage one, `pretrain`) and detectron2 transfer
-to detection and segmentation (stage two, `transfer`).
+to detection and segmentation (stage two, `transfer`), over the plumbing both share (`ssl2det`).
 
 Install with `make install`, which also provides detectron2 (it is not on PyPI under its own
 name; see tools/install/detectron2_fallback.py). A plain `pip install -e .` works in an
@@ -24,7 +24,8 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*"]),
+    packages=find_packages(include=["ssl2det", "ssl2det.*", "pretrain", "pretrain.*", "transfer",
+                                    "transfer.*"]),
     install_requires=requirements() + ["detectron2>=0.6"],
     extras_require={"test": ["pytest>=7", "lightly>=1.5"]},
     license="Apache-2.0",

@@ -1,14 +1,28 @@
 """Stage-one configuration: defaults in code, YAML files with `_BASE_`, `KEY VALUE` overrides.
 
-The same conventions as detectron2 (fvcore's CfgNode), so one style serves both stages. Keys
-unknown to the defaults are refused with the closest known names. Objectives add their keys
-with `register_config` (like detectron2 projects' `add_xxx_config`).
+The same conventions as detectron2 (fvcore's CfgNode), so one style serves both stages. The
+defaults are data (below); each plug-in (method, objective) contributes its own keys with an
+`add_*_config(cfg)`, called from one place, `get_cfg()`, as detectron2 projects do. Keys unknown
+to the defaults are refused with the closest known names. Which METHOD.NAME and OBJECTIVES exist
+is checked where they are built (pretrain/methods/build.py).
 """
 
 import difflib
 import os
 
 from fvcore.common.config import CfgNode as CN
+
+from ssl2det.config import get_key
+from ssl2det.errors import ConfigError
+
+from .methods.barlow import add_barlow_config
+from .methods.byol import add_byol_config
+from .methods.mocov2 import add_mocov2_config
+from .methods.simclr import add_simclr_config
+from .objectives.infocl_lbe import add_infocl_lbe_config
+from .objectives.infocl_rc import add_infocl_rc_config
+from .objectives.mrcl import add_mrcl_config
+from .objectives.superinfo import add_superinfo_config
 
 _C = CN()
 _C.SEED = 0
@@ -54,24 +68,13 @@ _C.MODEL.COMPILE = False  # torch.compile the model
 _C.OBJECTIVES = ()
 
 _C.METHOD = CN()
-_C.METHOD.NAME = "simclr"  # "simclr", "mocov2", "byol", "barlow"
+_C.METHOD.NAME = "simclr"  # pretrain/methods: "simclr", "mocov2", "byol", "barlow"
 _C.METHOD.PROJECTOR = CN()
 _C.METHOD.PROJECTOR.HIDDEN_DIM = 2048
 _C.METHOD.PROJECTOR.OUT_DIM = 128
 _C.METHOD.PROJECTOR.NUM_LAYERS = 2
 _C.METHOD.PROJECTOR.BN = True  # BN after each hidden linear layer
-_C.METHOD.SIMCLR = CN()
-_C.METHOD.SIMCLR.TEMPERATURE = 0.5
-_C.METHOD.MOCO = CN()
-_C.METHOD.MOCO.QUEUE_SIZE = 65536
-_C.METHOD.MOCO.MOMENTUM = 0.999
-_C.METHOD.MOCO.TEMPERATURE = 0.2
-_C.METHOD.MOCO.SHUFFLE_BN = True  # shuffle the key batch across ranks (needs > 1 rank)
-_C.METHOD.BYOL = CN()
-_C.METHOD.BYOL.PREDICTOR_HIDDEN_DIM = 4096
-_C.METHOD.BYOL.MOMENTUM_BASE = 0.996  # target EMA rate, raised to 1 by a cosine schedule
-_C.METHOD.BARLOW = CN()
-_C.METHOD.BARLOW.LAMBDA = 0.0051  # weight of the off-diagonal terms
+# METHOD.<NAME> keys: each method's add_*_config (get_cfg below)
 
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER = "lars"  # "lars", "sgd", "adam", "adamw"
@@ -115,27 +118,18 @@ _C.KNN.TEMPERATURE = 0.1
 _C.KNN.MAX_TRAIN_IMAGES = 50000  # memory bank: at most this many training images (0: all)
 _C.KNN.BATCH_SIZE = 256
 
-_REGISTERED = []
-
-
-def register_config(add_keys):
-    """Register a function `add_keys(cfg)` that adds an objective's keys to the defaults."""
-    _REGISTERED.append(add_keys)
-    return add_keys
+#: The plug-ins' keys, added to the defaults by get_cfg().
+PLUGIN_CONFIGS = (add_simclr_config, add_mocov2_config, add_byol_config, add_barlow_config,
+                  add_infocl_rc_config, add_infocl_lbe_config, add_superinfo_config,
+                  add_mrcl_config)
 
 
 def get_cfg() -> CN:
-    """A copy of the defaults, with every registered objective's keys."""
-    from . import objectives  # noqa: F401  (registers the objectives' keys)
-
+    """A copy of the defaults, with every method's and objective's keys."""
     cfg = _C.clone()
-    for add_keys in _REGISTERED:
-        add_keys(cfg)
+    for add_config in PLUGIN_CONFIGS:
+        add_config(cfg)
     return cfg
-
-
-class ConfigError(ValueError):
-    """A bad config file, key or value; the message names it and the fix."""
 
 
 def _all_keys(node, prefix=""):
@@ -153,7 +147,8 @@ def _explain(err, cfg, source):
         close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         return ConfigError(f"{source}: unknown config key '{key}'.{hint} The known keys are the "
-                           "defaults in pretrain/config.py.")
+                           "defaults in pretrain/config.py and the methods' and objectives' "
+                           "add_*_config.")
     return ConfigError(f"{source}: {text}")
 
 
@@ -189,30 +184,15 @@ _CHOICES = {
 }
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def validate(cfg):
     """Value checks the type system of CfgNode cannot make."""
-    from .methods import METHODS  # the registry fills as the method modules are imported
-
-    choices = dict(_CHOICES, **{"METHOD.NAME": tuple(sorted(METHODS))})
-    for key, allowed in choices.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key} = {_get(cfg, key)!r} is not one of {', '.join(allowed)}")
-    from .objectives import OBJECTIVES
-
-    unknown = [name for name in cfg.OBJECTIVES if name not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"OBJECTIVES {unknown} unknown; choose from {', '.join(sorted(OBJECTIVES))}")
+    for key, allowed in _CHOICES.items():
+        if get_key(cfg, key) not in allowed:
+            raise ConfigError(f"{key} = {get_key(cfg, key)!r} is not one of {', '.join(allowed)}")
     for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD",
                 "DIST.TIMEOUT_S"):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {_get(cfg, key)}")
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {get_key(cfg, key)}")
     if cfg.INPUT.AUGMENT_ON_DEVICE and cfg.INPUT.AUGMENTATION != "simclr":
         raise ConfigError("INPUT.AUGMENT_ON_DEVICE supports INPUT.AUGMENTATION simclr only; "
                           f"got {cfg.INPUT.AUGMENTATION!r}")

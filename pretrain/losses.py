@@ -2,7 +2,7 @@
 
 Under DDP each takes this rank's part of the batch and gathers the rest itself, so that the mean
 of the per-rank losses equals the loss of one process holding the whole batch (see
-engine/distributed.py). With one process the gathers are identities.
+ssl2det/distributed.py). With one process the gathers are identities.
 """
 
 import math
@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .engine.distributed import gather_with_grad, get_rank
+from ssl2det.distributed import gather_with_grad, get_rank
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.config import load_config
-from pretrain.engine.distributed import convert_sync_batchnorm
+from ssl2det.distributed import convert_sync_batchnorm
 from pretrain.methods import build_method
 
 TINY = ["MODEL.ARCH", "resnet18", "MODEL.CIFAR_STEM", "True", "INPUT.SIZE", "16",

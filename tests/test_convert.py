@@ -82,7 +82,7 @@ def test_torchvision_resnet50_converted_gives_the_same_res4_res5(tmp_path):
 def test_pretraining_checkpoint_converted_gives_the_same_features(method, ema, tmp_path):
     from pretrain.config import load_config
     from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
-    from pretrain.engine.run import checkpoint_meta
+    from pretrain.checkpoint_format import run_meta
     from pretrain.methods import build_method
 
     cfg = load_config("", ["METHOD.NAME", method, "MODEL.ARCH", "resnet50"])
@@ -90,7 +90,7 @@ def test_pretraining_checkpoint_converted_gives_the_same_features(method, ema, t
     m = build_method(cfg)
     encoder = m.target.copies[0] if ema else m.encoder
     _randomise_bn(encoder, seed=3)
-    AtomicCheckpointer(m, str(tmp_path), run_state=RunState(checkpoint_meta(cfg))).save(
+    AtomicCheckpointer(m, str(tmp_path), run_state=RunState(run_meta(cfg))).save(
         "model_final", iteration=9)
     conversion = convert_checkpoint(str(tmp_path / "model_final.pth"), ema=ema)
     assert conversion.source == f"ssl2det {method} checkpoint"

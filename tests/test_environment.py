@@ -41,7 +41,7 @@ def test_packages_import_and_report():
     import detectron2  # noqa: F401
     import pretrain  # noqa: F401
     import transfer  # noqa: F401
-    from transfer.environment import detectron2_build
+    from ssl2det.environment import detectron2_build
 
     build, _ = detectron2_build()
     assert build in ("compiled", "fallback")
@@ -53,7 +53,7 @@ def test_packages_import_and_report():
 
 
 def test_fallback_has_no_names_removed_by_current_numpy_pillow_setuptools():
-    from transfer.environment import detectron2_build
+    from ssl2det.environment import detectron2_build
     import detectron2
 
     if detectron2_build()[0] != "fallback":

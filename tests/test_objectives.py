@@ -56,12 +56,15 @@ def test_rc_term_is_zero_when_the_decoder_reproduces_the_target():
 
     cfg = load_config("", ["OBJECTIVES", '("infocl_rc",)', "MODEL.ARCH", "resnet18",
                            "INPUT.SIZE", "32"])
+    from pretrain.objectives import Features
+
     rc = build_method(cfg).objectives[0]
     views = [torch.randn(2, 3, 32, 32) for _ in range(2)]
     rc.decoder = torch.nn.Unflatten(1, (3, 32, 32))  # a perfect decoder
-    features = {"h": [v.flatten(1) for v in views], "views": views}
+    hs = [v.flatten(1) for v in views]
+    features = Features(h=hs, mu=hs, taps=[{}, {}], views=views, originals=views)
     assert rc(features)["loss_rc"].item() == 0.0
-    features["h"][0] = features["h"][0] + 1
+    features.h[0] = features.h[0] + 1
     assert rc(features)["loss_rc"].item() == pytest.approx(cfg.INFOCL_RC.WEIGHT * 1.0)
 
 

@@ -1,7 +1,8 @@
 """The whole chain, shortened to a few iterations per stage, on the shipped demo data: it runs
 end to end, the report has every section, finished stages are skipped on a re-run, and an
-interrupted stage resumes."""
+interrupted stage resumes. The objective study, a pipeline of pretraining and probe stages."""
 
+import json
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def _mini_voc(root):
 
 def _run(run_file):
     result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
-                            capture_output=True, text=True, timeout=1200)
+                            capture_output=True, text=True, timeout=1200, cwd=REPO)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout
 
@@ -88,3 +89,28 @@ def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
     assert "evaluate det from simclr ..." in third
     assert third.count("complete, skipped") == 2 + 2 + 3 + 3 - 2
     assert (run / "model_final.pth").is_file()
+
+
+@pytest.mark.slow
+def test_objective_study_is_a_pipeline_of_pretraining_and_probe_stages(tmp_path):
+    """tools/objective_study.py on the shipped CIFAR-10 sample: one pretraining run and the
+    random baseline, each probed (kNN + linear); the table holds what the probe stages wrote,
+    and a re-run skips every stage."""
+    tiny = REPO / "datasets" / "cifar10_tiny"
+    cmd = [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path),
+           "--epochs", "1", "--batch-size", "64", "--linear-epochs", "3", "--workers", "0",
+           "--train-root", str(tiny / "train"), "--val-root", str(tiny / "test"),
+           str(REPO / "configs/pretrain/simclr_r18_cifar.yaml")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"simclr_r18_cifar", "random"}
+    table = (tmp_path / "results.md").read_text()
+    for name, result in results.items():
+        assert result == json.loads((tmp_path / "probe" / name / "probe.json").read_text())
+        assert 0 <= result["knn_top1"] <= 100 and 0 <= result["linear_top1"] <= 100
+        assert f"| {name} | {result['knn_top1']:.2f} | {result['linear_top1']:.2f} |" in table
+    assert (tmp_path / "pretrain/simclr_r18_cifar/model_final.pth").is_file()
+    assert "## Results" in (tmp_path / "report.md").read_text()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0 and second.stdout.count("complete, skipped") == 3

@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO
 
-PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain.py")]
+PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 
 
 def _run(args, **kwargs):
@@ -98,7 +98,8 @@ def test_two_cpu_processes_through_the_launcher(shared_data, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
-    from pretrain.engine.checkpoint import AtomicCheckpointer, CheckpointError, RunState
+    from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
+    from ssl2det.io import CheckpointError
 
     model = torch.nn.Linear(2, 2)
     meta = {"format": "ssl2det-pretrain", "version": 1, "arch": "resnet18", "method": "simclr"}

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import REPO
 
-PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain.py")]
+PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
 MOCO = ["--config-file", str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"),
         "DATA.VAL_ROOT", "", "SOLVER.BATCH_SIZE", "32", "SOLVER.MAX_ITER", "6",
@@ -166,7 +166,7 @@ def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_file_whole(tmp_pat
     checkpointer.save("model_0000001", iteration=1)
     before = (tmp_path / "model_0000001.pth").read_bytes()
     writer = ("import os, signal\n"
-              "from pretrain.engine.checkpoint import atomic_write\n"
+              "from ssl2det.io import atomic_write\n"
               "def write(f):\n"
               "    f.write(b'x' * 1_000_000)\n"
               "    f.flush()\n"
@@ -192,7 +192,8 @@ def test_a_kill_inside_the_first_checkpoint_write_is_cleaned_up_by_the_resume(tm
 
 @pytest.mark.parametrize("bad", ["text", "truncated", "code", "no checkpoint left"])
 def test_resume_skips_an_unreadable_checkpoint_and_refuses_code(bad, tmp_path, caplog):
-    from pretrain.engine.checkpoint import AtomicCheckpointer, CheckpointError, RunState
+    from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
+    from ssl2det.io import CheckpointError
 
     meta = {"format": "ssl2det-pretrain", "arch": "resnet18"}
     model = torch.nn.Linear(3, 3)
@@ -224,7 +225,8 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_code(bad, tmp_path, c
 
 
 def test_resume_refuses_instead_of_skipping_a_checkpoint_of_another_run(tmp_path):
-    from pretrain.engine.checkpoint import AtomicCheckpointer, CheckpointError, RunState
+    from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
+    from ssl2det.io import CheckpointError
 
     model = torch.nn.Linear(3, 3)
     mine = {"format": "ssl2det-pretrain", "arch": "resnet18"}
@@ -236,8 +238,8 @@ def test_resume_refuses_instead_of_skipping_a_checkpoint_of_another_run(tmp_path
 
 
 def test_stage_two_loads_refuse_code_in_pkl_and_pth_files(tmp_path):
-    from pretrain.engine.checkpoint import UnreadableCheckpointError
-    from transfer.trainer import TransferCheckpointer
+    from ssl2det.io import UnreadableCheckpointError
+    from transfer.checkpoint import TransferCheckpointer
 
     marker = tmp_path / "code_ran"
     with open(tmp_path / "weights.pkl", "wb") as f:
@@ -315,7 +317,8 @@ UNREADABLE = {"truncated.jpg", "empty.jpg", "page.jpg"}
 
 
 def test_bad_images_are_decoded_or_skipped_and_listed(folder_with_bad_images, tmp_path):
-    from pretrain.data import ImageFiles, read_bad_image_list
+    from pretrain.data import ImageFiles
+    from ssl2det.images import read_bad_image_list
 
     report = tmp_path / "report"
     report.mkdir()
@@ -332,7 +335,8 @@ def test_bad_images_are_decoded_or_skipped_and_listed(folder_with_bad_images, tm
 
 
 def test_bad_images_can_be_made_fatal(folder_with_bad_images):
-    from pretrain.data import DatasetError, ImageFiles
+    from pretrain.data import ImageFiles
+    from ssl2det.errors import DatasetError
 
     folder = ImageFiles(str(folder_with_bad_images), bad_images="error")
     names = [os.path.basename(p) for p, _ in folder.samples]

@@ -127,7 +127,8 @@ def test_checkpoint_report_tells_missing_heads_from_missing_backbone(tmp_path, c
     from detectron2.modeling import build_model
 
     from transfer.convert import convert_state_dict, save_detectron2_weights
-    from transfer.trainer import TransferCheckpointer, adapt_to_machine
+    from transfer.checkpoint import TransferCheckpointer
+    from transfer.config import adapt_to_machine
 
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"))

@@ -22,14 +22,15 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
 import torch
 from tabulate import tabulate
+
+from ssl2det.process import log_tail, run_logged
 
 PRETRAIN_SIDES = ("ours", "lightly")
 DETECTION_SIDES = ("ours", "detectron2")
@@ -108,11 +109,11 @@ def measure_lightly(cfg, warmup, iters) -> dict:
                          "`.venv/bin/pip install -r requirements-test.txt`)") from None
 
     from pretrain.engine.optim import param_groups, scaled_lr
-    from pretrain.engine.run import resolve_device
+    from ssl2det.device import resolve_device
 
     if cfg.METHOD.NAME != "simclr" or cfg.OBJECTIVES:
         raise SystemExit("the lightly reference is SimCLR without objectives")
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.MODEL.DEVICE)
     torch.manual_seed(cfg.SEED)
     backbone = getattr(torchvision.models, cfg.MODEL.ARCH)()
     if cfg.MODEL.CIFAR_STEM:
@@ -194,7 +195,8 @@ def measure_detection(side, args) -> dict:
     DefaultTrainer on the same (machine-adapted) config, no evaluation."""
     from detectron2.engine import DefaultTrainer
 
-    from transfer.trainer import Trainer, setup
+    from transfer.config import setup
+    from transfer.trainer import Trainer
 
     args.opts = list(args.opts) + [
         "OUTPUT_DIR", args.scratch, "SOLVER.MAX_ITER", str(args.warmup + args.iters),
@@ -230,17 +232,17 @@ def measure_one(args) -> dict:
 def run_sides(args, sides):
     """Every side in its own process, alternating, --repeats times; the median per side."""
     runs = {side: [] for side in sides}
-    for _ in range(args.repeats):
-        for side in sides:
-            cmd = [sys.executable, os.path.abspath(__file__), args.task, "--side", side,
-                   "--config-file", args.config_file, "--warmup", str(args.warmup),
-                   "--iters", str(args.iters), *args.opts]
-            print(f"measuring {side} ...", file=sys.stderr, flush=True)
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode or not lines:
-                raise SystemExit(f"error: measuring {side} failed:\n{done.stderr[-3000:]}")
-            runs[side].append(json.loads(lines[-1]))
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for side in sides:
+                log, result = (Path(scratch) / f"{side}{repeat}.{ext}" for ext in ("log", "json"))
+                cmd = [sys.executable, os.path.abspath(__file__), args.task, "--side", side,
+                       "--result", result, "--config-file", args.config_file,
+                       "--warmup", args.warmup, "--iters", args.iters, *args.opts]
+                print(f"measuring {side} ...", file=sys.stderr, flush=True)
+                if run_logged(cmd, log) or not result.is_file():
+                    raise SystemExit(f"error: measuring {side} failed:\n{log_tail(log, 40)}")
+                runs[side].append(json.loads(result.read_text()))
     return {side: {key: statistics.median(r[key] for r in results) for key in results[0]}
             for side, results in runs.items()}
 
@@ -281,13 +283,14 @@ def main(argv=None):
                         help="alternating runs per side; the median is reported (default 2)")
     parser.add_argument("--output", metavar="JSON", help="write the results here")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: measure one side
+    parser.add_argument("--result", help=argparse.SUPPRESS)  # internal: where that side writes
     parser.epilog = "Trailing KEY VALUE pairs override the config, on both sides."
     args, args.opts = parser.parse_known_args(argv)
     unknown = [o for o in args.opts if o.startswith("--")]
     if unknown:
         parser.error(f"unknown option {unknown[0]}")
     if args.side:
-        print(json.dumps(measure_one(args)))
+        Path(args.result).write_text(json.dumps(measure_one(args)))
         return 0
     sides = PRETRAIN_SIDES if args.task == "pretrain" else DETECTION_SIDES
     report(args, run_sides(args, sides), sides)

@@ -9,7 +9,6 @@ categories in id order, 255 = crowd), plus classes.json, for tools/train_net.py 
 import argparse
 import sys
 
-import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
 from transfer.semseg_labels import coco_to_semseg
 
 if __name__ == "__main__":

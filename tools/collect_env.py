@@ -8,8 +8,7 @@ the compiled or the fallback build, and the devices seen.
 
 import argparse
 
-import _toolpath  # noqa: F401  (must come before `import pretrain`: see tools/_toolpath.py)
-from transfer.environment import collect_env, format_table
+from ssl2det.environment import collect_env, format_table
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,

@@ -1,5 +1,6 @@
 """Convert a pretraining checkpoint (this project's, a torchvision ResNet state dict, or a common
-third-party layout) into detectron2's weight format.
+third-party layout) into detectron2's weight format (`python -m transfer.convert IN OUT`,
+tools/convert_to_d2.py).
 
 Rules (../shared/docs/reference.md): strip the wrapper prefix; drop fc / projector / predictor /
 decoder keys; `conv1` -> `stem.conv1`, `bn1` -> `stem.conv1.norm`, `layerN` -> `res{N+1}`,
@@ -8,17 +9,23 @@ result is detectron2's pickle `{"model": {name: ndarray}, "__author__", "matchin
 so `DetectionCheckpointer` places `res5` in the backbone (FPN) or in the ROI head (C4) alike.
 """
 
+import argparse
 import pickle
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 import torchvision
 
-from pretrain.engine.checkpoint import CheckpointError, atomic_write, load_checkpoint_file
+from pretrain.checkpoint_format import (EMA_ENCODER_PREFIXES, FORMAT, ONLINE_ENCODER_PREFIX,
+                                        saved_meta)
+from ssl2det.errors import UserError, one_line_errors
+from ssl2det.io import CheckpointError, atomic_write, load_checkpoint_file
 
-#: Prefixes that hold a momentum / EMA copy of the encoder (chosen with --ema).
+#: In checkpoints of other projects: words in the prefixes that hold a momentum / EMA copy of
+#: the encoder (chosen with --ema). This project's own prefixes are known exactly.
 EMA_HINTS = ("target", "momentum", "encoder_k", "key_encoder", "teacher", "ema")
 ARCHS = {  # blocks per stage, and whether the blocks are bottlenecks (have conv3)
     "resnet18": ((2, 2, 2, 2), False),
@@ -29,8 +36,10 @@ ARCHS = {  # blocks per stage, and whether the blocks are bottlenecks (have conv
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The input cannot be converted; the message says why and what to do."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -48,20 +57,20 @@ class Conversion:
 
 
 def load_state_dict(path: str) -> tuple:
-    """(state dict, layout name) from a checkpoint file, loaded with weights_only=True."""
+    """(state dict, layout name, whether it is this project's) from a checkpoint file, loaded
+    with weights_only=True."""
     try:
         data = load_checkpoint_file(path)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
-    run_state = data.get("run_state")
-    meta = run_state.get("meta", {}) if isinstance(run_state, dict) else {}
-    if meta.get("format") == "ssl2det-pretrain":
-        return data["model"], f"ssl2det {meta.get('method')} checkpoint"
+    meta = saved_meta(data)
+    if meta.get("format") == FORMAT:
+        return data["model"], f"ssl2det {meta.get('method')} checkpoint", True
     for key, layout in (("state_dict", "checkpoint with 'state_dict'"), ("model", "checkpoint "
                         "with 'model'"), ("online_network", "BYOL-style checkpoint")):
         if isinstance(data.get(key), dict):
-            return data[key], layout
-    return data, "plain state dict"
+            return data[key], layout, False
+    return data, "plain state dict", False
 
 
 def _candidate_prefixes(state):
@@ -71,8 +80,13 @@ def _candidate_prefixes(state):
             and v.shape[1] == 3 and "layer" not in k[: -len("conv1.weight")]]
 
 
-def find_backbone_prefix(state, ema: bool) -> str:
+def find_backbone_prefix(state, ema: bool, ours: bool = False) -> str:
+    """Where the encoder to convert sits: in this project's checkpoints (`ours`) at the known
+    prefixes (pretrain/checkpoint_format.py), elsewhere found by the names of its keys."""
     prefixes = _candidate_prefixes(state)
+    if ours:
+        known = EMA_ENCODER_PREFIXES if ema else (ONLINE_ENCODER_PREFIX,)
+        prefixes = [p for p in prefixes if p in known] or prefixes
     if not prefixes:
         raise ConversionError("no ResNet backbone found: no key ends in 'conv1.weight' with a "
                               "3-channel 4-D kernel (expected torchvision ResNet names such as "
@@ -114,8 +128,8 @@ def torchvision_to_detectron2_name(name: str) -> str:
     return name
 
 
-def convert_state_dict(state, ema=False, source="state dict") -> Conversion:
-    prefix = find_backbone_prefix(state, ema)
+def convert_state_dict(state, ema=False, source="state dict", ours=False) -> Conversion:
+    prefix = find_backbone_prefix(state, ema, ours)
     backbone, dropped = {}, Counter()
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):  # BN counters: detectron2 has none
@@ -148,8 +162,8 @@ def convert_state_dict(state, ema=False, source="state dict") -> Conversion:
 
 
 def convert_checkpoint(path: str, ema: bool = False) -> Conversion:
-    state, layout = load_state_dict(path)
-    return convert_state_dict(state, ema, layout)
+    state, layout, ours = load_state_dict(path)
+    return convert_state_dict(state, ema, layout, ours)
 
 
 def save_detectron2_weights(conversion: Conversion, path: str) -> None:
@@ -158,3 +172,24 @@ def save_detectron2_weights(conversion: Conversion, path: str) -> None:
             "__author__": f"ssl2det convert_to_d2 ({conversion.source}, {conversion.arch})",
             "matching_heuristics": True}
     atomic_write(path, lambda f: pickle.dump(data, f))
+
+
+@one_line_errors
+def main(argv=None, description=__doc__):
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="pretraining checkpoint (.pth / .pth.tar / .pt)")
+    parser.add_argument("output", help="detectron2 weights to write (.pkl)")
+    parser.add_argument("--ema", action="store_true",
+                        help="take the momentum / EMA encoder (BYOL target, MoCo key encoder)")
+    args = parser.parse_args(argv)
+    conversion = convert_checkpoint(args.input, ema=args.ema)
+    save_detectron2_weights(conversion, args.output)
+    print(conversion.summary())
+    print(f"wrote {args.output}; fine-tune with MODEL.WEIGHTS {args.output} "
+          f"(MODEL.RESNETS.DEPTH {conversion.arch.removeprefix('resnet')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

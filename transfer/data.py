@@ -14,10 +14,11 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES  # no
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 from PIL import Image
 
-from pretrain.data import BadImages, DatasetError
+from ssl2det.errors import ConfigError, DatasetError
+from ssl2det.images import BadImages
 
 
-class DatasetRegistrationError(ValueError):
+class DatasetRegistrationError(ConfigError):
     """A data set given on the command line cannot be used; the message says why."""
 
 

@@ -1,4 +1,4 @@
-"""The whole chain as stages: pretrain -> convert -> fine-tune -> evaluate -> report.
+"""The whole chain as stages: pretrain -> convert -> (probe) -> fine-tune -> evaluate -> report.
 
 A run is one YAML file (see configs/pipeline/demo.yaml):
 
@@ -9,19 +9,23 @@ A run is one YAML file (see configs/pipeline/demo.yaml):
       voc_classes: raccoon
     pretrain:                         # one entry per pretraining run
       - {name: simclr, config: configs/..., overrides: [KEY, VALUE, ...]}
+    probe:                            # optional: kNN + linear probe of each run's frozen encoder
+      {train_root: DIR, val_root: DIR, linear_epochs: 100, baseline: true, overrides: [...]}
     transfer:                         # one entry per downstream task
       - {name: voc, config: configs/..., overrides: [...], backbones: [random, simclr]}
     launch: {num_gpus: 8}             # GPUs per stage (default: one process, GPU or CPU)
     report: {predictions: 3}
 
-Each stage works in its own folder under output_dir and is skipped when its outputs are
-complete; an interrupted stage resumes (pretraining and fine-tuning from their last checkpoint).
-Stages run the tools as subprocesses; their logs are in each stage's folder.
+Config paths are taken as given (relative to the working directory), else relative to the run
+file's folder or one of its parents. Each stage works in its own folder (transfer/layout.py) and
+is skipped when its outputs are complete; an interrupted stage resumes (pretraining and
+fine-tuning from their last checkpoint). Every stage is a child process running one of the
+packages' entry points (`python -m pretrain`, `python -m transfer.train_net`, ...); its output
+goes to a log in the stage's folder.
 """
 
 import os
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,12 +33,14 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / "tools"
-RANDOM = "random"  # the backbone name of a randomly initialised encoder
+from pretrain.launch import launch_command
+from ssl2det.errors import UserError, one_line_errors
+from ssl2det.process import log_tail, run_logged
+
+from .layout import RANDOM, RunLayout
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
     """A bad run file or a failed stage; the message says which and where the log is."""
 
 
@@ -54,47 +60,69 @@ class TransferTask:
 
 
 @dataclass
+class ProbeSettings:
+    """Frozen-encoder evaluation of the pretraining runs (pretrain/eval)."""
+
+    train_root: str
+    val_root: str
+    linear_epochs: int = 100
+    baseline: bool = True  # also probe a randomly initialised encoder (named RANDOM)
+    overrides: list = field(default_factory=list)
+
+
+@dataclass
 class PipelineSpec:
-    output_dir: Path
+    layout: RunLayout
     pretrain: list
     transfer: list
     dataset_args: list
+    probe: ProbeSettings = None
     predictions: int = 3
     source: str = ""
-    num_gpus: int = 0  # > 1: pretraining through tools/pretrain.sh, train_net --num-gpus
+    num_gpus: int = 0  # > 1: pretraining through torchrun, train_net --num-gpus
 
 
-def _resolve(path: str) -> str:
-    """A config path as given, else relative to the repository."""
+def _resolve(path: str, run_file: Path) -> str:
+    """A config path as given, else relative to the run file's folder or one of its parents."""
     if os.path.exists(path):
         return path
-    if (REPO / path).exists():
-        return str(REPO / path)
-    raise PipelineError(f"config not found: {path} (looked in . and {REPO})")
+    folder = run_file.resolve().parent
+    for base in (folder, *folder.parents):
+        if (base / path).exists():
+            return str(base / path)
+    raise PipelineError(f"config not found: {path} (looked in . and above {folder})")
+
+
+def _strings(values) -> list:
+    return [str(v) for v in values or []]
 
 
 def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
+    run_file = Path(path)
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        source = run_file.read_text()
+        raw = yaml.safe_load(source) or {}
     except (OSError, yaml.YAMLError) as e:
         raise PipelineError(f"cannot read the run file {path}: {e}") from None
-    allowed = {"output_dir", "datasets", "pretrain", "transfer", "report", "launch"}
+    allowed = {"output_dir", "datasets", "pretrain", "probe", "transfer", "report", "launch"}
     unknown = set(raw) - allowed
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     try:
-        pretrain = [PretrainRun(r["name"], _resolve(r["config"]), [str(x) for x in
-                                                                   r.get("overrides", [])])
+        pretrain = [PretrainRun(r["name"], _resolve(r["config"], run_file),
+                                _strings(r.get("overrides")))
                     for r in raw.get("pretrain", [])]
         names = [r.name for r in pretrain]
-        transfer = [TransferTask(t["name"], _resolve(t["config"]),
-                                 [str(x) for x in t.get("overrides", [])],
-                                 t.get("backbones", [RANDOM, *names]))
+        transfer = [TransferTask(t["name"], _resolve(t["config"], run_file),
+                                 _strings(t.get("overrides")), t.get("backbones", [RANDOM, *names]))
                     for t in raw.get("transfer", [])]
+        probe = raw.get("probe")
+        probe = ProbeSettings(str(probe["train_root"]), str(probe["val_root"]),
+                              int(probe.get("linear_epochs", 100)), bool(probe.get("baseline", True)),
+                              _strings(probe.get("overrides"))) if probe else None
     except (KeyError, TypeError) as e:
-        raise PipelineError(f"{path}: every pretrain/transfer entry needs 'name' and 'config' "
-                            f"({e})") from None
+        raise PipelineError(f"{path}: every pretrain/transfer entry needs 'name' and 'config', "
+                            f"probe needs 'train_root' and 'val_root' ({e})") from None
     for task in transfer:
         bad = [b for b in task.backbones if b != RANDOM and b not in names]
         if bad:
@@ -109,45 +137,34 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
     if datasets.get("voc_classes"):
         args += ["--voc-classes", str(datasets["voc_classes"])]
     out = Path(output_dir or raw.get("output_dir") or "output/pipeline")
-    return PipelineSpec(out, pretrain, transfer, args,
-                        int((raw.get("report") or {}).get("predictions", 3)),
-                        Path(path).read_text(), int((raw.get("launch") or {}).get("num_gpus", 0)))
+    return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe,
+                        int((raw.get("report") or {}).get("predictions", 3)), source,
+                        int((raw.get("launch") or {}).get("num_gpus", 0)))
 
 
 class Stage:
-    kind = ""
+    """One step of the chain: a child process whose outputs land in `folder`."""
 
-    def __init__(self, spec: PipelineSpec, folder: Path, label: str):
-        self.spec, self.folder, self.label = spec, folder, label
+    kind = ""  # names the log file, FOLDER/KIND.log
+
+    def __init__(self, folder: Path, label: str):
+        self.folder, self.label = folder, label
 
     def is_complete(self) -> bool:
         raise NotImplementedError
 
-    def commands(self):
+    def command(self) -> list:
         raise NotImplementedError
 
     def run(self, echo):
         self.folder.mkdir(parents=True, exist_ok=True)
-        log_path = self.folder / f"{self.kind}.log"
-        env = dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning", PYTHON=sys.executable)
-        for cmd in self.commands():
-            argv = [str(c) for c in cmd]
-            argv = [sys.executable, *argv] if argv[0].endswith(".py") else argv
-            with open(log_path, "a") as log:
-                log.write(f"$ {' '.join(argv)}\n")
-                log.flush()
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
-                for line in proc.stdout:
-                    log.write(line)
-                    echo(line)
-                code = proc.wait()
-            if code != 0:
-                tail = "".join(log_path.read_text().splitlines(True)[-15:])
-                raise PipelineError(f"stage {self.label} failed (exit {code}). Last lines of "
-                                    f"{log_path}:\n{tail}\nFix the cause and run the same "
-                                    "command again: finished stages are skipped, this one "
-                                    "resumes.")
+        log = self.folder / f"{self.kind}.log"
+        code = run_logged(self.command(), log, echo,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning"))
+        if code != 0:
+            raise PipelineError(f"stage {self.label} failed (exit {code}). Last lines of "
+                                f"{log}:\n{log_tail(log)}\nFix the cause and run the same "
+                                "command again: finished stages are skipped, this one resumes.")
 
 
 def _final_checkpoint_done(folder: Path) -> bool:
@@ -160,80 +177,113 @@ class PretrainStage(Stage):
     kind = "pretrain"
 
     def __init__(self, spec, run: PretrainRun):
-        super().__init__(spec, spec.output_dir / "pretrain" / run.name, f"pretrain {run.name}")
-        self.run_spec = run
+        super().__init__(spec.layout.pretrain(run.name), f"pretrain {run.name}")
+        self.run_spec, self.num_gpus = run, max(1, spec.num_gpus)
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
-    def commands(self):
-        run, gpus = self.run_spec, self.spec.num_gpus
-        launcher = ([TOOLS / "pretrain.sh", run.config, "--num-gpus", gpus] if gpus > 1
-                    else [TOOLS / "pretrain.py", "--config-file", run.config])
-        yield [*launcher, "--resume", *run.overrides, "OUTPUT_DIR", self.folder]
+    def command(self):
+        return launch_command(self.run_spec.config, self.num_gpus, resume=True,
+                              opts=[*self.run_spec.overrides, "OUTPUT_DIR", self.folder])
 
 
 class ConvertStage(Stage):
     kind = "convert"
 
     def __init__(self, spec, run: PretrainRun):
-        super().__init__(spec, spec.output_dir / "convert", f"convert {run.name}")
-        self.source = spec.output_dir / "pretrain" / run.name / "model_final.pth"
-        self.target = self.folder / f"{run.name}.pkl"
+        self.target = spec.layout.converted(run.name)
+        super().__init__(self.target.parent, f"convert {run.name}")
+        self.source = spec.layout.pretrain_checkpoint(run.name)
 
     def is_complete(self):
         return self.target.is_file()
 
-    def commands(self):
-        yield [TOOLS / "convert_to_d2.py", self.source, self.target]
+    def command(self):
+        return [sys.executable, "-m", "transfer.convert", self.source, self.target]
 
 
-def weights_for(spec, backbone: str) -> str:
-    return "" if backbone == RANDOM else str(spec.output_dir / "convert" / f"{backbone}.pkl")
+class ProbeStage(Stage):
+    """kNN and linear-probe top-1 of a pretraining run's frozen encoder, or of a random one
+    (built from `baseline_run`'s config)."""
+
+    kind = "probe"
+
+    def __init__(self, spec, name: str, baseline_run: PretrainRun = None):
+        super().__init__(spec.layout.probe(name), f"probe {name}")
+        self.settings, self.result = spec.probe, spec.layout.probe_result(name)
+        if baseline_run:
+            self.encoder = ["--random-init", "--config-file", baseline_run.config]
+            self.overrides = baseline_run.overrides
+        else:
+            self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(name)]
+            self.overrides = []  # the run's own config.yaml, beside its checkpoint
+
+    def is_complete(self):
+        return self.result.is_file()
+
+    def command(self):
+        s = self.settings
+        return [sys.executable, "-m", "pretrain.eval", "probe", *self.encoder,
+                "--train-root", s.train_root, "--val-root", s.val_root,
+                "--epochs", s.linear_epochs, "--output", self.result, *self.overrides,
+                *s.overrides]
 
 
-class FinetuneStage(Stage):
+class TrainNetStage(Stage):
+    """A `python -m transfer.train_net` run of a transfer task from one backbone."""
+
+    def __init__(self, spec, task: TransferTask, backbone: str, folder: Path, label: str):
+        super().__init__(folder, label)
+        self.spec, self.task, self.backbone = spec, task, backbone
+
+    def train_net(self, *flags):
+        return [sys.executable, "-m", "transfer.train_net", "--config-file", self.task.config,
+                *flags, "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
+                *self.task.overrides]
+
+
+class FinetuneStage(TrainNetStage):
     kind = "finetune"
 
-    def __init__(self, spec, task: TransferTask, backbone: str):
-        super().__init__(spec, spec.output_dir / "finetune" / task.name / backbone,
+    def __init__(self, spec, task, backbone):
+        super().__init__(spec, task, backbone, spec.layout.finetune(task.name, backbone),
                          f"fine-tune {task.name} from {backbone}")
-        self.task, self.backbone = task, backbone
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
-    def commands(self):
+    def command(self):
         # No evaluation here (DATASETS.TEST empty): the evaluate stage does it once.
-        yield [TOOLS / "train_net.py", "--config-file", self.task.config, "--resume",
-               "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
-               *self.task.overrides,
-               "MODEL.WEIGHTS", weights_for(self.spec, self.backbone),
-               "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
+        return self.train_net("--resume") + [
+            "MODEL.WEIGHTS", self.spec.layout.weights_for(self.backbone),
+            "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
 
 
-class EvaluateStage(Stage):
+class EvaluateStage(TrainNetStage):
     kind = "evaluate"
 
-    def __init__(self, spec, task: TransferTask, backbone: str):
-        super().__init__(spec, spec.output_dir / "evaluate" / task.name / backbone,
+    def __init__(self, spec, task, backbone):
+        super().__init__(spec, task, backbone, spec.layout.evaluate(task.name, backbone),
                          f"evaluate {task.name} from {backbone}")
-        self.task, self.backbone = task, backbone
-        self.weights = spec.output_dir / "finetune" / task.name / backbone / "model_final.pth"
+        self.weights = spec.layout.finetune(task.name, backbone) / "model_final.pth"
 
     def is_complete(self):
         return (self.folder / "final_metrics.json").is_file()
 
-    def commands(self):
-        yield [TOOLS / "train_net.py", "--config-file", self.task.config, "--eval-only",
-               "--num-gpus", max(1, self.spec.num_gpus), "--save-predictions",
-               str(self.spec.predictions), *self.spec.dataset_args,
-               *self.task.overrides, "MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
+    def command(self):
+        return self.train_net("--eval-only", "--save-predictions", self.spec.predictions) + [
+            "MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
 
 
 def build_stages(spec: PipelineSpec):
+    used = {b for task in spec.transfer for b in task.backbones}
     stages = [PretrainStage(spec, r) for r in spec.pretrain]
-    stages += [ConvertStage(spec, r) for r in spec.pretrain]
+    stages += [ConvertStage(spec, r) for r in spec.pretrain if r.name in used]
+    if spec.probe:
+        stages += [ProbeStage(spec, r.name) for r in spec.pretrain]
+        if spec.probe.baseline and spec.pretrain:
+            stages.append(ProbeStage(spec, RANDOM, baseline_run=spec.pretrain[0]))
     for task in spec.transfer:
         stages += [FinetuneStage(spec, task, b) for b in task.backbones]
     for task in spec.transfer:
@@ -259,8 +309,8 @@ def run_pipeline(spec: PipelineSpec, echo=_echo_progress):
     """Run the stages that are not complete, then write the report; returns its path."""
     from .report import write_report
 
-    spec.output_dir.mkdir(parents=True, exist_ok=True)
-    (spec.output_dir / "pipeline.yaml").write_text(spec.source)
+    spec.layout.root.mkdir(parents=True, exist_ok=True)
+    spec.layout.run_file.write_text(spec.source)
     stages = build_stages(spec)
     start = time.time()
     for i, stage in enumerate(stages, 1):
@@ -276,3 +326,20 @@ def run_pipeline(spec: PipelineSpec, echo=_echo_progress):
     report = write_report(spec)
     print(f"[pipeline] finished in {time.time() - start:.0f} s; report: {report}", flush=True)
     return report
+
+
+@one_line_errors
+def main(argv=None, description=__doc__):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_file", help="pipeline YAML (e.g. configs/pipeline/demo.yaml)")
+    parser.add_argument("--output-dir", help="overrides the run file's output_dir")
+    args = parser.parse_args(argv)
+    run_pipeline(load_spec(args.run_file, args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """The pipeline's report: report.md and a self-contained report.html in the run's folder.
 
-Sections: the transfer results against the baselines, the run (its YAML and the software
-versions), pretraining curves (loss, kNN), the detectors' training curves, and predictions
-drawn on test images.
+Sections: the results (transfer metrics against the baselines, and the frozen-encoder probe
+when the run has one), the run (its YAML and the software versions), pretraining curves (loss,
+kNN), the detectors' training curves, and predictions drawn on test images.
 """
 
 import base64
@@ -15,10 +15,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .environment import collect_env  # noqa: E402
+from ssl2det.environment import collect_env  # noqa: E402
 
-HEADLINE = ("AP", "AP50", "AP75", "mIoU", "mACC")
-SECTIONS = ("Results", "The run", "Pretraining", "Fine-tuning", "Predictions")
+from .layout import RANDOM  # noqa: E402
+from .metrics import headline, read_final_metrics  # noqa: E402
+
 
 
 def read_metrics(path: Path) -> list:
@@ -59,10 +60,7 @@ def results_table(spec):
     rows, columns = [], []
     for task in spec.transfer:
         for backbone in task.backbones:
-            path = spec.output_dir / "evaluate" / task.name / backbone / "final_metrics.json"
-            metrics = json.loads(path.read_text()) if path.is_file() else {}
-            flat = {f"{t}/{k}": v for t, m in metrics.items() for k, v in m.items()
-                    if k in HEADLINE}
+            flat = headline(read_final_metrics(spec.layout.evaluate(task.name, backbone)))
             columns += [c for c in flat if c not in columns]
             rows.append((task.name, backbone, flat))
     headers = ["task", "backbone", *columns]
@@ -70,23 +68,42 @@ def results_table(spec):
                      for t, b, flat in rows]
 
 
+def probe_table(spec):
+    """(headers, rows) of the kNN and linear-probe top-1 of every probed encoder."""
+    names = [r.name for r in spec.pretrain] + ([RANDOM] if spec.probe.baseline else [])
+    rows = []
+    for name in names:
+        path = spec.layout.probe_result(name)
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        rows.append([name, *(f"{result[k]:.2f}" if k in result else "–"
+                             for k in ("knn_top1", "linear_top1"))])
+    return ["run", "kNN top-1 (%)", "linear top-1 (%)"], rows
+
+
 def _blocks(spec):
-    out = spec.output_dir
-    figures = out / "report_files"
+    layout = spec.layout
+    figures = layout.report_files
     figures.mkdir(exist_ok=True)
-    headers, rows = results_table(spec)
-    blocks = [("h1", f"Pipeline report: {out.name}"),
-              ("h2", "Results"),
-              ("p", "Detection/segmentation metrics on the test set after fine-tuning, for each "
-                    "backbone: 'random' is a randomly initialised encoder; the others were "
-                    "pretrained by the runs below and converted with tools/convert_to_d2.py."),
-              ("table", headers, rows)]
+    blocks = [("h1", f"Pipeline report: {layout.root.name}"), ("h2", "Results")]
+    if spec.transfer:
+        headers, rows = results_table(spec)
+        blocks += [("p", "Detection/segmentation metrics on the test set after fine-tuning, for "
+                         f"each backbone: '{RANDOM}' is a randomly initialised encoder; the "
+                         "others were pretrained by the runs below and converted with "
+                         "tools/convert_to_d2.py."),
+                   ("table", headers, rows)]
+    if spec.probe:
+        headers, rows = probe_table(spec)
+        blocks += [("p", f"Frozen encoders on {spec.probe.val_root}: weighted kNN top-1 and "
+                         f"linear-probe top-1 (last of {spec.probe.linear_epochs} epochs), "
+                         f"the probe trained on {spec.probe.train_root}."),
+                   ("table", headers, rows)]
 
     blocks += [("h2", "The run"), ("p", "The run file:"), ("code", spec.source),
                ("p", "Software and machine:"),
                ("table", ["", "version"], [list(r) for r in collect_env()])]
 
-    pretrain = {r.name: read_metrics(out / "pretrain" / r.name / "metrics.json")
+    pretrain = {r.name: read_metrics(layout.pretrain(r.name) / "metrics.json")
                 for r in spec.pretrain}
     blocks.append(("h2", "Pretraining"))
     summary = []
@@ -105,9 +122,11 @@ def _blocks(spec):
         blocks.append(("img", plot, label) if plot else
                       ("p", f"No {label} recorded (kNN needs DATA.VAL_ROOT)."))
 
+    if not spec.transfer:
+        return blocks
     blocks.append(("h2", "Fine-tuning"))
     for task in spec.transfer:
-        series = {b: read_metrics(out / "finetune" / task.name / b / "metrics.json")
+        series = {b: read_metrics(layout.finetune(task.name, b) / "metrics.json")
                   for b in task.backbones}
         plot = _curve_plot(series, "total_loss", "total loss", f"{task.name}: training loss",
                            figures / f"finetune_{task.name}.png")
@@ -117,7 +136,7 @@ def _blocks(spec):
     blocks.append(("h2", "Predictions"))
     for task in spec.transfer:
         for backbone in task.backbones:
-            images = sorted((out / "evaluate" / task.name / backbone / "predictions").glob("*.png"))
+            images = sorted((layout.evaluate(task.name, backbone) / "predictions").glob("*.png"))
             if images:
                 blocks.append(("images", images, f"{task.name}, fine-tuned from {backbone}"))
     return blocks
@@ -183,9 +202,10 @@ def write_report(spec) -> Path:
     """Write report.md and report.html (images embedded) into the run folder; print the
     results table; return the path of report.md."""
     blocks = _blocks(spec)
-    out = spec.output_dir
+    out = spec.layout.root
     (out / "report.md").write_text(_markdown(blocks, out))
     (out / "report.html").write_text(_html(blocks))
-    headers, rows = results_table(spec)
-    print("\n" + _markdown([("table", headers, rows)], out))
+    tables = ([results_table(spec)] if spec.transfer else []) + (
+        [probe_table(spec)] if spec.probe else [])
+    print("\n" + _markdown([("table", headers, rows) for headers, rows in tables], out))
     return out / "report.md"

@@ -2,7 +2,9 @@
 
 import torch
 
-from .datasets import DatasetError, ImageFiles, SeededViews
+from ssl2det.errors import DatasetError
+
+from .datasets import ImageFiles, SeededViews
 from .sampler import EpochBatchSampler
 from .transforms import build_view_transform, eval_transform
 

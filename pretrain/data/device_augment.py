@@ -11,6 +11,8 @@ checkpoints save and restore, so resumed runs stay exact.
 import torch
 import torch.nn.functional as F
 
+from .transforms import blur_kernel_size
+
 # RGB -> luma (ITU-R 601-2), as torchvision's grayscale
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -82,7 +84,7 @@ class DeviceAugment:
         i = cfg.INPUT
         self.jitter, self.jitter_prob = i.COLOR_JITTER, i.COLOR_JITTER_PROB
         self.gray_prob, self.blur_prob = i.GRAYSCALE_PROB, i.BLUR_PROB
-        self.kernel_size = max(3, int(0.1 * i.SIZE) // 2 * 2 + 1)  # as the loader-side blur
+        self.kernel_size = blur_kernel_size(i.SIZE)
         self.mean, self.std = i.MEAN, i.STD
 
     @torch.no_grad()

@@ -9,9 +9,14 @@ def _normalize(cfg):
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.INPUT.MEAN, cfg.INPUT.STD)]
 
 
+def blur_kernel_size(size: int) -> int:
+    """SimCLR's Gaussian blur kernel: 10% of the image side, odd, at least 3 (also used by the
+    blur on the device, device_augment.py)."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
 def _blur(size):
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # 10% of the side, odd (SimCLR)
-    return v2.GaussianBlur(kernel, sigma=(0.1, 2.0))
+    return v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))
 
 
 def simclr_view(cfg):

@@ -8,10 +8,11 @@ import torch
 from detectron2.engine import HookBase
 from tqdm import tqdm
 
+from ssl2det.distributed import is_main_process
+
 from ..data import ImageFiles, build_eval_loader
 from ..eval.features import extract_features, gather_features, shard
 from ..eval.knn import knn_top1
-from .distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build everything a pretraining run needs from a config, and run it (tools/pretrain.py)."""
+"""Build everything a pretraining run needs from a config, and run it (pretrain/cli.py)."""
 
 import logging
 import os
@@ -8,39 +8,25 @@ from detectron2.engine import hooks
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
-from ..config import ConfigError
-from ..data import build_pretrain_loader, read_bad_image_list
+from ssl2det.device import resolve_device
+from ssl2det.distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
+                                 is_main_process, ranks_from_environment)
+from ssl2det.errors import ConfigError
+from ssl2det.images import read_bad_image_list
+
+from ..checkpoint_format import run_meta
+from ..data import build_pretrain_loader
 from ..data.device_augment import DeviceAugment
 from ..methods import build_method
 from .checkpoint import AtomicCheckpointer, RunState
-from .distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
-                          is_main_process, ranks_from_environment)
 from .hooks import KNNMonitor, ProgressBar
 from .optim import build_optimizer
 from .trainer import PretrainTrainer
 
 logger = logging.getLogger("pretrain")
 
-#: What kind of file a checkpoint of this project is (read by the converter and by --resume).
-CHECKPOINT_FORMAT = "ssl2det-pretrain"
-
-
-def resolve_device(cfg) -> torch.device:
-    wanted = cfg.MODEL.DEVICE
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("MODEL.DEVICE is 'cuda' but no GPU is visible; use MODEL.DEVICE cpu")
-    return torch.device(wanted)
-
-
-def checkpoint_meta(cfg) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "version": 1, "arch": cfg.MODEL.ARCH,
-            "cifar_stem": cfg.MODEL.CIFAR_STEM, "method": cfg.METHOD.NAME}
-
-
 def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.MODEL.DEVICE)
     world = ranks_from_environment()[1]
     if cfg.SOLVER.BATCH_SIZE % world:  # checked before any process waits for the others
         raise ConfigError(f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the "
@@ -79,7 +65,7 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler,
                               device_transform=augment)
 
-    meta = checkpoint_meta(cfg)
+    meta = run_meta(cfg)
     checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,
                                       expected_meta=meta, run_state=RunState(meta),
                                       optimizer=optimizer, scaler=scaler)

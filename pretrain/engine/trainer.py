@@ -14,19 +14,21 @@ import time
 import torch
 import torch.distributed as dist
 from detectron2.engine import TrainerBase
-from detectron2.utils.events import EventStorage
 
-from .distributed import get_world_size, reduce_mean
+from ssl2det.detectron2_internals import quiet_training_exceptions
+from ssl2det.distributed import get_world_size, reduce_mean
+from ssl2det.errors import UserError
+
 from .optim import lr_at, scaled_lr
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss stayed NaN or infinite; the message names the terms."""
 
 
-class DistributedFaultError(RuntimeError):
+class DistributedFaultError(UserError, RuntimeError):
     """A collective failed: another process died, or hung for longer than DIST.TIMEOUT_S."""
 
 
@@ -38,6 +40,10 @@ _PEER_FAILURE_TEXT = ("Connection closed by peer", "Connection reset by peer", "
 def is_peer_failure(error: BaseException) -> bool:
     return get_world_size() > 1 and (isinstance(error, dist.DistError) or any(
         text in str(error) for text in _PEER_FAILURE_TEXT))
+
+
+def _reported_in_one_line(error: BaseException) -> bool:
+    return isinstance(error, UserError) or is_peer_failure(error)
 
 
 class PretrainTrainer(TrainerBase):
@@ -67,32 +73,19 @@ class PretrainTrainer(TrainerBase):
         self._buffer_backup = [b.clone() for b in self._buffers]
 
     def train(self, start_iter: int, max_iter: int):
-        """TrainerBase.train's loop (hooks around every step), with the faults above turned
-        into one clear error instead of a logged traceback."""
-        logger.info(f"Starting training from iteration {start_iter}")
-        self.iter = self.start_iter = start_iter
-        self.max_iter = max_iter
-        with EventStorage(start_iter) as self.storage:
-            try:
-                self.before_train()
-                for self.iter in range(start_iter, max_iter):
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
-                self.iter += 1  # == max_iter tells after_train that training finished
-            except NonFiniteLossError:
+        """TrainerBase's loop (hooks around every step); a failed collective becomes one clear
+        error, and neither it nor a user error is logged with a traceback on the way out."""
+        quiet_training_exceptions(_reported_in_one_line)
+        try:
+            super().train(start_iter, max_iter)
+        except Exception as e:
+            if not is_peer_failure(e):
                 raise
-            except Exception as e:
-                if not is_peer_failure(e):
-                    logger.exception("Exception during training:")
-                    raise
-                raise DistributedFaultError(
-                    f"rank {dist.get_rank()} stopped at iteration {self.iter}: a collective with "
-                    f"the other processes failed ({str(e).splitlines()[0][:160]}). Another "
-                    "process died or hung (see its log, OUTPUT_DIR/log.txt.rankN). Continue "
-                    "from the last checkpoint with --resume.") from None
-            finally:
-                self.after_train()
+            raise DistributedFaultError(
+                f"rank {dist.get_rank()} stopped at iteration {self.iter}: a collective with "
+                f"the other processes failed ({str(e).splitlines()[0][:160]}). Another "
+                "process died or hung (see its log, OUTPUT_DIR/log.txt.rankN). Continue "
+                "from the last checkpoint with --resume.") from None
 
     @property
     def epoch(self):

@@ -4,12 +4,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint_file
-from ..engine.distributed import get_rank, get_world_size
-from ..models import ResNetEncoder
+from ssl2det.distributed import get_rank, get_world_size
+from ssl2det.io import CheckpointError, load_checkpoint_file
 
-#: Where each method keeps its momentum (EMA) copy of the encoder in the state dict.
-EMA_ENCODER_PREFIXES = ("target.copies.0.", "key_encoder.copies.0.")
+from ..checkpoint_format import EMA_ENCODER_PREFIXES, ONLINE_ENCODER_PREFIX
+from ..models import ResNetEncoder
 
 
 def load_encoder(cfg, checkpoint: str = "", ema: bool = False) -> ResNetEncoder:
@@ -20,7 +19,7 @@ def load_encoder(cfg, checkpoint: str = "", ema: bool = False) -> ResNetEncoder:
     if not checkpoint:
         return encoder
     state = load_checkpoint_file(checkpoint).get("model", {})
-    prefixes = EMA_ENCODER_PREFIXES if ema else ("encoder.",)
+    prefixes = EMA_ENCODER_PREFIXES if ema else (ONLINE_ENCODER_PREFIX,)
     for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:

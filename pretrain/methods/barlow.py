@@ -1,7 +1,14 @@
 """Barlow Twins (Zbontar et al., 2021): cross-correlation of the two views' embeddings -> I."""
 
+from fvcore.common.config import CfgNode as CN
+
 from ..losses import barlow_twins
 from .base import Method, register_method
+
+
+def add_barlow_config(cfg):
+    cfg.METHOD.BARLOW = CN()
+    cfg.METHOD.BARLOW.LAMBDA = 0.0051  # weight of the off-diagonal terms
 
 
 @register_method("barlow")
@@ -11,8 +18,6 @@ class BarlowTwins(Method):
         self.head = self.projector()
         self.lambd = cfg.METHOD.BARLOW.LAMBDA
 
-    def compute(self, views):
-        hs, taps = self.encode(views)
-        z1, z2 = (self.head(h) for h in hs)
-        return {"losses": {"loss_barlow": barlow_twins(z1, z2, self.lambd)},
-                "features": {"h": hs, "taps": taps, "z": [z1, z2]}}
+    def loss_terms(self, features):
+        z1, z2 = (self.head(h) for h in features.h)
+        return {"loss_barlow": barlow_twins(z1, z2, self.lambd)}

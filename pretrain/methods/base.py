@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..models import ResNetEncoder, mlp
+from ..objectives import Features
 
 METHODS = {}
 
@@ -17,66 +18,61 @@ def register_method(name):
     return wrap
 
 
-def build_method(cfg) -> "Method":
-    """The method of METHOD.NAME with the objectives of OBJECTIVES attached."""
-    from ..objectives import OBJECTIVES
-
-    method = METHODS[cfg.METHOD.NAME](cfg)
-    for name in cfg.OBJECTIVES:
-        method.objectives.append(OBJECTIVES[name](cfg, method))
-    return method
-
-
 class Method(nn.Module):
-    """An encoder (`self.encoder`, a torchvision ResNet), the method's heads, and the objectives
-    (pretrain/objectives) attached to it.
+    """An encoder (`self.encoder`, a torchvision ResNet), the method's heads (`self.head`, the
+    projector), and the objectives (pretrain/objectives) `build_method` attached.
 
-    Subclasses implement `compute(views)` -> {"losses": {...}, "features": {...}}, whose
-    "features" hold, per view, the pooled backbone feature "h" (and the "taps" objectives asked
-    for through `self.taps`). `forward` lets each objective prepare the views (MRCL masks them),
-    runs `compute`, and adds each objective's loss terms.
+    `forward(views)` lets each objective prepare the views (MRCL masks them), encodes them into
+    `Features` (`encode`), asks the method for its loss terms (`loss_terms`, what subclasses
+    implement) and adds each objective's terms: {"losses": {name: scalar}, "features": Features}.
+    The engine sums the losses.
+
+    How views are encoded is set by `build_method` from the objectives' declarations: `taps`
+    (stages whose pooled outputs are kept) and `feature_noise` (h = mu + noise * eps while
+    training; 0: deterministic).
     """
+
+    #: True where the method copies its head into a momentum encoder at construction (BYOL,
+    #: MoCo): an objective may then not replace the head, as the copy would not follow it.
+    copies_head = False
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.encoder = ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM)
-        self.taps = ()  # stage names whose pooled outputs objectives need
-        # InfoCL LBE makes h stochastic while training: h = mu + sigma * eps (0: deterministic)
-        self.feature_sigma = 0.0
         self.objectives = nn.ModuleList()
+        self.taps = ()
+        self.feature_noise = 0.0
 
     def forward(self, views):
         inputs = views
         for objective in self.objectives:
             inputs = objective.prepare(inputs)
-        out = self.compute(inputs)
-        features = out["features"]
-        features["views"], features["originals"], features["mu"] = inputs, views, self.last_mu
+        features = self.encode(inputs, originals=views)
+        losses = self.loss_terms(features)
         for objective in self.objectives:
-            out["losses"].update(objective(out["features"]))
-        return out
+            losses.update(objective(features))
+        return {"losses": losses, "features": features}
 
-    def compute(self, views):
+    def loss_terms(self, features: Features) -> dict:
+        """{name: scalar tensor}: the method's own loss from the encoded views."""
         raise NotImplementedError
+
+    def encode(self, views, originals=None) -> Features:
+        hs, mus, taps = [], [], []
+        for v in views:
+            out = self.encoder(v, self.taps)
+            mu, t = out if self.taps else (out, {})
+            noisy = self.training and self.feature_noise > 0
+            hs.append(mu + self.feature_noise * torch.randn_like(mu) if noisy else mu)
+            mus.append(mu)
+            taps.append(t)
+        return Features(h=hs, mu=mus, taps=taps, views=list(views),
+                        originals=list(originals if originals is not None else views))
 
     def projector(self, last_bn=False) -> nn.Module:
         p = self.cfg.METHOD.PROJECTOR
         return mlp(self.encoder.out_dim, p.HIDDEN_DIM, p.OUT_DIM, p.NUM_LAYERS, p.BN, last_bn)
-
-    def encode(self, views):
-        """Encode each view; returns (list of h, list of tap dicts). The noise-free features
-        ("mu") are kept in `self.last_mu` for the LBE objective."""
-        hs, taps, self.last_mu = [], [], []
-        for v in views:
-            out = self.encoder(v, self.taps)
-            h, t = out if self.taps else (out, {})
-            self.last_mu.append(h)
-            if self.training and self.feature_sigma > 0:
-                h = h + self.feature_sigma * torch.randn_like(h)
-            hs.append(h)
-            taps.append(t)
-        return hs, taps
 
     def on_step_end(self, iteration: int, max_iter: int) -> None:
         """Called after each optimiser step: momentum encoders update here, and objectives

@@ -3,14 +3,23 @@
 import math
 
 import torch
+from fvcore.common.config import CfgNode as CN
 
 from ..losses import negative_cosine
 from ..models import mlp
 from .base import Method, MomentumTeacher, register_method
 
 
+def add_byol_config(cfg):
+    cfg.METHOD.BYOL = CN()
+    cfg.METHOD.BYOL.PREDICTOR_HIDDEN_DIM = 4096
+    cfg.METHOD.BYOL.MOMENTUM_BASE = 0.996  # target EMA rate, raised to 1 by a cosine schedule
+
+
 @register_method("byol")
 class BYOL(Method):
+    copies_head = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         out = cfg.METHOD.PROJECTOR.OUT_DIM
@@ -19,16 +28,13 @@ class BYOL(Method):
         self.target = MomentumTeacher(self.encoder, self.head)
         self.momentum_base = cfg.METHOD.BYOL.MOMENTUM_BASE
 
-    def compute(self, views):
-        hs, taps = self.encode(views)
-        z1, z2 = (self.head(h) for h in hs)
+    def loss_terms(self, features):
+        z1, z2 = (self.head(h) for h in features.h)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             encoder, head = self.target.copies
-            t1, t2 = (head(encoder(v)) for v in views)
-        loss = negative_cosine(p1, t2) + negative_cosine(p2, t1)
-        return {"losses": {"loss_byol": loss},
-                "features": {"h": hs, "taps": taps, "z": [z1, z2]}}
+            t1, t2 = (head(encoder(v)) for v in features.views)
+        return {"loss_byol": negative_cosine(p1, t2) + negative_cosine(p2, t1)}
 
     def target_momentum(self, iteration, max_iter):
         """BYOL's schedule: base -> 1 along a cosine over training."""

@@ -3,14 +3,26 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode as CN
 
-from ..engine.distributed import gather_no_grad, get_rank, get_world_size
+from ssl2det.distributed import gather_no_grad, get_rank, get_world_size
+
 from ..losses import info_nce_with_queue
 from .base import Method, MomentumTeacher, register_method
 
 
+def add_mocov2_config(cfg):
+    cfg.METHOD.MOCO = CN()
+    cfg.METHOD.MOCO.QUEUE_SIZE = 65536
+    cfg.METHOD.MOCO.MOMENTUM = 0.999
+    cfg.METHOD.MOCO.TEMPERATURE = 0.2
+    cfg.METHOD.MOCO.SHUFFLE_BN = True  # shuffle the key batch across ranks (needs > 1 rank)
+
+
 @register_method("mocov2")
 class MoCoV2(Method):
+    copies_head = True
+
     def __init__(self, cfg):
         super().__init__(cfg)
         moco = cfg.METHOD.MOCO
@@ -48,14 +60,13 @@ class MoCoV2(Method):
         self.queue[idx] = k.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + k.shape[0]) % size)
 
-    def compute(self, views):
-        hs, taps = self.encode(views)
-        q = F.normalize(self.head(hs[0]), dim=1)
-        k = self._keys(views[1])
+    def loss_terms(self, features):
+        q = F.normalize(self.head(features.h[0]), dim=1)
+        k = self._keys(features.views[1])
         loss = info_nce_with_queue(q, k, self.queue.clone().detach(), self.temperature)
         if self.training:
             self._enqueue(k)
-        return {"losses": {"loss_info_nce": loss}, "features": {"h": hs, "taps": taps}}
+        return {"loss_info_nce": loss}
 
     def on_step_end(self, iteration, max_iter):
         super().on_step_end(iteration, max_iter)

@@ -1,7 +1,14 @@
 """SimCLR (Chen et al., 2020): NT-Xent between the projections of two views."""
 
+from fvcore.common.config import CfgNode as CN
+
 from ..losses import nt_xent
 from .base import Method, register_method
+
+
+def add_simclr_config(cfg):
+    cfg.METHOD.SIMCLR = CN()
+    cfg.METHOD.SIMCLR.TEMPERATURE = 0.5
 
 
 @register_method("simclr")
@@ -11,8 +18,6 @@ class SimCLR(Method):
         self.head = self.projector()
         self.temperature = cfg.METHOD.SIMCLR.TEMPERATURE
 
-    def compute(self, views):
-        hs, taps = self.encode(views)
-        z1, z2 = (self.head(h) for h in hs)
-        return {"losses": {"loss_nt_xent": nt_xent(z1, z2, self.temperature)},
-                "features": {"h": hs, "taps": taps, "z": [z1, z2]}}
+    def loss_terms(self, features):
+        z1, z2 = (self.head(h) for h in features.h)
+        return {"loss_nt_xent": nt_xent(z1, z2, self.temperature)}

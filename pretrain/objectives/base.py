@@ -1,4 +1,23 @@
-"""The interface of an objective: extra named loss terms on top of any base method."""
+"""The contract of an objective: extra named loss terms on top of any base method, and what it
+needs from the method, *declared* so that `build_method` applies it (an objective never changes
+its method).
+
+Declarations (class attributes, or set in __init__), read once by `build_method`:
+    taps           encoder stages ("layer1".."layer3") whose globally pooled outputs `forward`
+                   reads from `features.taps`
+    feature_noise  std of the Gaussian noise added to the pooled feature h while training (the
+                   representation becomes stochastic; `features.mu` stays noise-free). At most
+                   one objective of a run may declare it.
+    wrap_head      wrap_head(head) -> the module the method uses as its head instead (default:
+                   the head unchanged). Not allowed with methods that copy their head into a
+                   momentum encoder.
+Hooks, called by the method:
+    prepare(views) -> views   change what the encoder sees (MRCL masks it); training only
+    forward(features) -> {name: scalar tensor}
+    on_step_end(iteration, max_iter)   after each optimiser step (schedules)
+"""
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -13,17 +32,29 @@ def register_objective(name):
     return wrap
 
 
+@dataclass(frozen=True)
+class Features:
+    """What a method's forward pass hands to its objectives; one list entry per view."""
+
+    h: list  # pooled last-stage feature, what the heads see (noisy while training if declared)
+    mu: list  # the same without the feature noise
+    taps: list  # {stage: pooled output} of the stages the objectives declared
+    views: list  # the views the encoder saw (after the objectives' `prepare`)
+    originals: list  # the views as the loader gave them
+
+
 class Objective(nn.Module):
-    """Attached to a method by `build_method` (config key OBJECTIVES).
+    """Base of the objectives (module docstring). `feature_dim` is the size of h."""
 
-    `prepare(views)` may change the views the method sees (MRCL masks them); `forward(features)`
-    returns {name: scalar tensor} from the method's features: "h" (per view, the pooled encoder
-    output the heads see), "mu" (the same before LBE's noise), "taps", "views" (what the
-    encoder saw) and "originals" (the views before `prepare`).
-    """
+    name = ""
+    taps = ()
+    feature_noise = 0.0
 
-    def __init__(self, cfg, method):
+    def __init__(self, cfg, feature_dim: int):
         super().__init__()
+
+    def wrap_head(self, head: nn.Module) -> nn.Module:
+        return head
 
     def prepare(self, views):
         return views

@@ -3,22 +3,22 @@ mutual information with the input is raised through a batch lower bound (losses.
 
     loss_lbe_<stage> = -WEIGHT * STAGE_WEIGHT * I_hat(h_stage; v), over all 2N views.
 
-The final feature h (layer4) is stochastic while training and is what the projector sees;
-evaluation uses mu. Earlier stages (CIFAR: layer2, layer3) are globally pooled and noised for
-the bound only (our reading of the paper; their forward pass is unchanged).
+The final feature h (layer4) is stochastic while training (declared as `feature_noise`) and is
+what the projector sees; evaluation uses mu. Earlier stages (CIFAR: layer2, layer3; declared as
+`taps`) are globally pooled and noised for the bound only (our reading of the paper; their
+forward pass is unchanged).
 """
 
 import torch
+from fvcore.common.config import CfgNode as CN
 
-from ..config import ConfigError, register_config
+from ssl2det.errors import ConfigError
+
 from ..losses import lbe_bound
 from .base import Objective, register_objective
 
 
-@register_config
-def add_keys(cfg):
-    from fvcore.common.config import CfgNode as CN
-
+def add_infocl_lbe_config(cfg):
     cfg.INFOCL_LBE = CN()
     cfg.INFOCL_LBE.WEIGHT = 1.0  # lambda
     cfg.INFOCL_LBE.SIGMA = 0.1  # std of the feature noise (fixed, as the paper)
@@ -29,23 +29,23 @@ def add_keys(cfg):
 
 @register_objective("infocl_lbe")
 class InfoCLLowerBound(Objective):
-    def __init__(self, cfg, method):
-        super().__init__(cfg, method)
+    def __init__(self, cfg, feature_dim):
+        super().__init__(cfg, feature_dim)
         c = cfg.INFOCL_LBE
         if len(c.STAGES) != len(c.STAGE_WEIGHTS):
             raise ConfigError("INFOCL_LBE.STAGES and INFOCL_LBE.STAGE_WEIGHTS differ in length")
         self.stages = dict(zip(c.STAGES, c.STAGE_WEIGHTS))
         self.weight, self.sigma, self.rho = c.WEIGHT, c.SIGMA, c.RHO
-        method.feature_sigma = self.sigma
-        method.taps = tuple(s for s in self.stages if s != "layer4")
+        self.feature_noise = self.sigma
+        self.taps = tuple(s for s in self.stages if s != "layer4")
 
     def forward(self, features):
         terms = {}
         for stage, stage_weight in self.stages.items():
             if stage == "layer4":
-                h, mu = torch.cat(features["h"]), torch.cat(features["mu"])
+                h, mu = torch.cat(features.h), torch.cat(features.mu)
             else:
-                mu = torch.cat([t[stage] for t in features["taps"]])
+                mu = torch.cat([t[stage] for t in features.taps])
                 h = mu + self.sigma * torch.randn_like(mu)
             terms[f"loss_lbe_{stage}"] = -self.weight * stage_weight * lbe_bound(h, mu, self.rho)
         return terms

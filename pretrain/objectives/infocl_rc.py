@@ -5,28 +5,26 @@ by reconstructing each augmented view from its pooled feature h (before the proj
     encoder saw. WEIGHT (lambda): SimCLR CIFAR/STL 1, SimCLR ImageNet 0.1, BYOL 0.1, Barlow 1.
 """
 
-from ..config import register_config
+from fvcore.common.config import CfgNode as CN
+
 from ..losses import reconstruction_mse
 from .base import Objective, register_objective
 from .decoders import ImageDecoder
 
 
-@register_config
-def add_keys(cfg):
-    from fvcore.common.config import CfgNode as CN
-
+def add_infocl_rc_config(cfg):
     cfg.INFOCL_RC = CN()
     cfg.INFOCL_RC.WEIGHT = 1.0
 
 
 @register_objective("infocl_rc")
 class InfoCLReconstruction(Objective):
-    def __init__(self, cfg, method):
-        super().__init__(cfg, method)
-        self.decoder = ImageDecoder(method.encoder.out_dim, cfg.INPUT.SIZE)
+    def __init__(self, cfg, feature_dim):
+        super().__init__(cfg, feature_dim)
+        self.decoder = ImageDecoder(feature_dim, cfg.INPUT.SIZE)
         self.weight = cfg.INFOCL_RC.WEIGHT
 
     def forward(self, features):
         loss = sum(reconstruction_mse(self.decoder(h.float()), x)
-                   for h, x in zip(features["h"], features["views"]))
+                   for h, x in zip(features.h, features.views))
         return {"loss_rc": self.weight * loss}

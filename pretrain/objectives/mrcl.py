@@ -12,17 +12,16 @@ only (MASKED_ONLY), WEIGHT 1.
 
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode as CN
 
-from ..config import ConfigError, register_config
+from ssl2det.errors import ConfigError
+
 from ..losses import reconstruction_mse
 from .base import Objective, register_objective
 from .decoders import ImageDecoder
 
 
-@register_config
-def add_keys(cfg):
-    from fvcore.common.config import CfgNode as CN
-
+def add_mrcl_config(cfg):
     cfg.MRCL = CN()
     cfg.MRCL.MASK_RATIO = 0.3
     cfg.MRCL.PATCH_SIZE = 4
@@ -43,16 +42,16 @@ def random_patch_mask(n: int, size: int, patch: int, ratio: float, device=None):
 
 @register_objective("mrcl")
 class MaskedReconstruction(Objective):
-    def __init__(self, cfg, method):
-        super().__init__(cfg, method)
+    def __init__(self, cfg, feature_dim):
+        super().__init__(cfg, feature_dim)
         c = cfg.MRCL
         if cfg.INPUT.SIZE % c.PATCH_SIZE:
             raise ConfigError(f"INPUT.SIZE {cfg.INPUT.SIZE} is not a multiple of "
                               f"MRCL.PATCH_SIZE {c.PATCH_SIZE}")
         self.ratio, self.patch, self.weight = c.MASK_RATIO, c.PATCH_SIZE, c.WEIGHT
         self.masked_only = c.MASKED_ONLY
-        self.decoder = ImageDecoder(method.encoder.out_dim, cfg.INPUT.SIZE)
-        self.masks = []
+        self.decoder = ImageDecoder(feature_dim, cfg.INPUT.SIZE)
+        self.masks = []  # of the views of the current step, made in `prepare`
 
     def prepare(self, views):
         if not self.training:
@@ -64,5 +63,5 @@ class MaskedReconstruction(Objective):
     def forward(self, features):
         loss = sum(reconstruction_mse(self.decoder(h.float()), x,
                                       m if self.masked_only else None)
-                   for h, x, m in zip(features["h"], features["originals"], self.masks))
+                   for h, x, m in zip(features.h, features.originals, self.masks))
         return {"loss_mrcl_rec": self.weight * loss}

@@ -3,9 +3,9 @@ superfluous to each:  J = I(z1; z2) - lambda_a I(v1; z1 | v2) - lambda_b I(v2; z
 
 The paper's estimators are not public. **Our interpretation** (as the multi-view information
 bottleneck of Federici et al., ICLR 2020): the projector becomes a stochastic encoder
-p(z|v) = N(mu(h), softplus(s(h))^2); I(z1; z2) is bounded by the base method's contrastive loss
-on samples z ~ p(z|v); each superfluous term is bounded by a KL between the two views'
-posteriors, I(v1; z1 | v2) <= KL(p(z1|v1) || p(z2|v2)):
+p(z|v) = N(mu(h), softplus(s(h))^2) (declared through `wrap_head`); I(z1; z2) is bounded by the
+base method's contrastive loss on samples z ~ p(z|v); each superfluous term is bounded by a KL
+between the two views' posteriors, I(v1; z1 | v2) <= KL(p(z1|v1) || p(z2|v2)):
 
     loss_superfluous = w(t) * [LAMBDA_A * KL(p1 || p2) + LAMBDA_B * KL(p2 || p1)]
 
@@ -14,17 +14,14 @@ with w(t) rising linearly from 0 to 1 over the first ANNEAL_FRACTION of training
 
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode as CN
 from torch import nn
 
-from ..config import ConfigError, register_config
 from ..losses import gaussian_kl
 from .base import Objective, register_objective
 
 
-@register_config
-def add_keys(cfg):
-    from fvcore.common.config import CfgNode as CN
-
+def add_superinfo_config(cfg):
     cfg.SUPERINFO = CN()
     cfg.SUPERINFO.LAMBDA_A = 0.1  # (ours) weight of I(v1; z1 | v2)
     cfg.SUPERINFO.LAMBDA_B = 0.1  # (ours) weight of I(v2; z2 | v1)
@@ -53,25 +50,25 @@ class StochasticHead(nn.Module):
 
 @register_objective("superinfo")
 class SuperInfo(Objective):
-    def __init__(self, cfg, method):
-        super().__init__(cfg, method)
-        if cfg.METHOD.NAME not in ("simclr", "barlow"):
-            raise ConfigError(f"OBJECTIVES superinfo works on METHOD.NAME simclr or barlow, not "
-                              f"{cfg.METHOD.NAME} (its stochastic head would diverge from a "
-                              "momentum encoder's copy)")
+    def __init__(self, cfg, feature_dim):
+        super().__init__(cfg, feature_dim)
         c = cfg.SUPERINFO
-        method.head = StochasticHead(method.head, method.encoder.out_dim,
-                                     cfg.METHOD.PROJECTOR.OUT_DIM, c.MIN_STD)
-        self.head = [method.head]  # a plain list: the head's parameters belong to the method
+        self.feature_dim, self.out_dim = feature_dim, cfg.METHOD.PROJECTOR.OUT_DIM
+        self.min_std = c.MIN_STD
         self.lambda_a, self.lambda_b, self.anneal = c.LAMBDA_A, c.LAMBDA_B, c.ANNEAL_FRACTION
         self.register_buffer("progress", torch.zeros(()))
+        self._head = []  # a plain list: the head's parameters belong to the method
+
+    def wrap_head(self, head):
+        self._head = [StochasticHead(head, self.feature_dim, self.out_dim, self.min_std)]
+        return self._head[0]
 
     def prepare(self, views):
-        self.head[0].posteriors.clear()
+        self._head[0].posteriors.clear()
         return views
 
     def forward(self, features):
-        (mu1, std1), (mu2, std2) = self.head[0].posteriors[-2:]
+        (mu1, std1), (mu2, std2) = self._head[0].posteriors[-2:]
         kl = (self.lambda_a * gaussian_kl(mu1, std1, mu2, std2)
               + self.lambda_b * gaussian_kl(mu2, std2, mu1, std1))
         w = (self.progress / self.anneal).clamp(max=1.0) if self.anneal > 0 else 1.0

@@ -6,7 +6,7 @@ detectron2 is available. Faster/Mask R-CNN with R50-C4/FPN never call the compil
 fast COCO evaluator do. Those raise a clear error instead of an ImportError at import time.
 """
 
-#: Marks this module as the project's stand-in; `transfer.environment` and the installer read it.
+#: Marks this module as the project's stand-in; `ssl2det.environment` and the installer read it.
 PROJECT_FALLBACK = True
 
 

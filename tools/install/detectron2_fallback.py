@@ -16,11 +16,12 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ssl2det.process import run_logged  # standard library only (setup_env.py puts it on the path)
 
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
@@ -89,20 +90,19 @@ class FallbackError(RuntimeError):
     """A step of the fallback install failed; the message names the step and the fix."""
 
 
-def download_sdist(python: str, cache_dir: Path, log) -> Path:
+def download_sdist(python: str, cache_dir: Path, log_path: Path) -> Path:
     """Fetch the sdist with the target environment's pip (its setup.py imports torch)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     found = sorted(cache_dir.glob(f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"))
     if found:
         return found[0]
-    cmd = [python, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-           "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(cache_dir)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log.write(proc.stdout)
+    code = run_logged([python, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+                       "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", cache_dir],
+                      log_path)
     found = sorted(cache_dir.glob(f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"))
-    if proc.returncode != 0 or not found:
+    if code != 0 or not found:
         raise FallbackError(
-            f"downloading {SDIST_NAME}=={SDIST_VERSION} failed (pip exit {proc.returncode}). "
+            f"downloading {SDIST_NAME}=={SDIST_VERSION} failed (pip exit {code}). "
             "Fix: check that PyPI is reachable and that torch imports in the environment "
             "(pip runs the sdist's setup.py, which imports torch)."
         )
@@ -174,9 +174,9 @@ def remove_installed(site: Path) -> None:
             shutil.rmtree(p)
 
 
-def install(python: str, site: Path, cache_dir: Path, log) -> dict:
+def install(python: str, site: Path, cache_dir: Path, log_path: Path) -> dict:
     """Install the fallback into `site`; returns what was done (for the set-up report)."""
-    sdist = download_sdist(python, cache_dir, log)
+    sdist = download_sdist(python, cache_dir, log_path)
     with tempfile.TemporaryDirectory(dir=site, prefix=".detectron2-build-") as tmp:
         pkg = _assemble(sdist, Path(tmp))
         patches = _apply_patches(pkg)

@@ -22,10 +22,12 @@ import time
 import venv
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import detectron2_fallback  # noqa: E402  (a sibling file, not an installed package)
-
 REPO = Path(__file__).resolve().parents[2]
+# a sibling file, and the project's process runner (ssl2det/process.py, standard library only):
+# nothing is installed yet
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
+import detectron2_fallback  # noqa: E402
+from ssl2det.process import log_tail, run_logged  # noqa: E402
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 
 
@@ -44,18 +46,15 @@ class Environment:
     def __init__(self, python: Path, log_path: Path):
         self.python = str(python)
         self.log_path = log_path
-        self.log = open(log_path, "a")
-        self.log.write(f"\n==== setup_env.py {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
+        with open(log_path, "a") as log:
+            log.write(f"\n==== setup_env.py {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
 
     def run(self, step, args, fix):
         """Run `python ARGS`, output to the log; on failure raise with the log's tail and `fix`."""
-        self.log.write(f"$ {self.python} {' '.join(args)}\n")
-        self.log.flush()
-        proc = subprocess.run([self.python, *args], stdout=self.log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            self.log.flush()
-            tail = self.log_path.read_text().splitlines()[-25:]
-            raise StepFailed(step, f"`{' '.join(args[:4])} ...` exited with {proc.returncode}.\n"
+        code = run_logged([self.python, *args], self.log_path)
+        if code != 0:
+            tail = log_tail(self.log_path, 25).splitlines()
+            raise StepFailed(step, f"`{' '.join(args[:4])} ...` exited with {code}.\n"
                              + "\n".join("    | " + line for line in tail)
                              + f"\n  Full log: {self.log_path}\n  Fix: {fix}")
 
@@ -138,7 +137,7 @@ def ensure_detectron2(env, state, cache_dir):
     say("detectron2", f"{what}: installing the fallback build (detectron2 v0.6 from "
         f"{detectron2_fallback.SDIST_NAME}, no compiled extension)")
     try:
-        info = detectron2_fallback.install(env.python, site, cache_dir, env.log)
+        info = detectron2_fallback.install(env.python, site, cache_dir, env.log_path)
     except detectron2_fallback.FallbackError as e:
         raise StepFailed("detectron2", str(e)) from None
     for patch in info["patches"]:

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -34,7 +36,7 @@ def ranks_from_environment():
     """(rank, world_size, local_rank) as the launcher set them; (0, 1, 0) for a single process.
 
     torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under SLURM
-    (`srun python tools/pretrain.py ...`, one task per GPU) SLURM_PROCID / SLURM_NTASKS /
+    (`srun python -m pretrain ...`, one task per GPU) SLURM_PROCID / SLURM_NTASKS /
     SLURM_LOCALID are used, with MASTER_ADDR / MASTER_PORT exported by the sbatch script.
     """
     env = os.environ
@@ -54,7 +56,7 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0):
     rank, world, local = ranks_from_environment()
     if world > 1 and "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
         if "MASTER_ADDR" not in os.environ:
-            raise RuntimeError("under SLURM, export MASTER_ADDR (the first node's host name) and "
+            raise ConfigError("under SLURM, export MASTER_ADDR (the first node's host name) and "
                                "MASTER_PORT in the sbatch script; see docs/pretrain.md")
         os.environ.setdefault("MASTER_PORT", "29500")
     if world > 1 and not is_distributed():

@@ -1,0 +1,38 @@
+"""Self-supervised pretraining of a ResNet encoder (stage one), in this process: what each
+process of a multi-process run executes (started by pretrain/launch.py through torchrun, or by
+srun under SLURM).
+
+    python -m pretrain --config-file configs/pretrain/simclr_r18_cifar.yaml \
+        DATA.ROOT path/to/train DATA.VAL_ROOT path/to/test OUTPUT_DIR output/simclr
+    python -m pretrain --config-file ... --resume      # continue the run in OUTPUT_DIR
+
+Writes OUTPUT_DIR/{config.yaml, metrics.json, events.out.tfevents.*, log.txt,
+model_NNNNNNN.pth, last_checkpoint, model_final.pth}.
+"""
+
+import argparse
+
+from ssl2det.errors import one_line_errors
+
+from .config import load_config
+from .engine.run import run_pretraining
+
+
+def build_parser(description=__doc__):
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT_DIR/last_checkpoint if there is one")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. SOLVER.BATCH_SIZE 128")
+    return parser
+
+
+@one_line_errors
+def main(argv=None, description=__doc__):
+    args = build_parser(description).parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    trainer = run_pretraining(cfg, resume=args.resume)
+    print(f"done: {trainer.max_iter} iterations; outputs in {cfg.OUTPUT_DIR}")
+    return 0

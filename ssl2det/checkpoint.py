@@ -1,0 +1,73 @@
+"""Checkpoints in detectron2's layout (model_NNNNNNN.pth, last_checkpoint, model_final.pth) that
+survive kills: written atomically, and a resume that finds the newest one damaged falls back to
+the one before it. Mixed into both stages' fvcore / detectron2 checkpointers."""
+
+import glob
+import os
+import re
+
+import torch
+
+from .io import CheckpointError, UnreadableCheckpointError, atomic_write
+
+
+class AtomicSaveMixin:
+    """For fvcore / detectron2 checkpointers: checkpoints and `last_checkpoint` written
+    atomically (see `atomic_write`), and `resume_or_load` past damaged checkpoints."""
+
+    def save(self, name: str, **kwargs) -> None:
+        for obj in self.checkpointables.values():  # collectives: every rank takes part
+            if hasattr(obj, "gather"):
+                obj.gather()
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
+        atomic_write(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename.encode()))
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """With `resume` and a checkpoint in save_dir: load the newest checkpoint that can be
+        read, warning about every newer one that cannot (it is left in place for inspection and
+        overwritten when its iteration is saved again); otherwise load `path`'s weights only
+        (fvcore's behaviour). A checkpoint of another run is refused, not skipped."""
+        if resume:  # also when the kill came during the very first write: no checkpoint yet
+            self._remove_partial_writes()
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        candidates = self._resume_candidates()
+        for candidate in candidates:
+            try:
+                return self.load(candidate)
+            except UnreadableCheckpointError as e:
+                self.logger.warning(f"{e} Trying the previous checkpoint.")
+        raise CheckpointError(f"no usable checkpoint in {self.save_dir} (tried "
+                              f"{', '.join(map(os.path.basename, candidates)) or 'none'}); "
+                              "start a new run without --resume or with another OUTPUT_DIR")
+
+    def _resume_candidates(self) -> list:
+        """The checkpoint named in last_checkpoint, then every model_*.pth, newest first."""
+        def iteration(path):
+            digits = re.findall(r"\d+", os.path.basename(path))
+            return int(digits[-1]) if digits else float("inf")  # model_final.pth: the newest
+
+        last = self.get_checkpoint_file()
+        others = sorted(set(glob.glob(os.path.join(self.save_dir, "model_*.pth"))) - {last},
+                        key=iteration, reverse=True)
+        return ([last] if os.path.isfile(last) else []) + others
+
+    def _remove_partial_writes(self) -> None:
+        """Temporary files left by a process killed inside `atomic_write`."""
+        if not self.save_to_disk:
+            return
+        for tmp in glob.glob(os.path.join(self.save_dir, ".*.tmp")):
+            self.logger.warning(f"removing {tmp}, an unfinished write of a killed run")
+            os.remove(tmp)

@@ -1,0 +1,38 @@
+"""The detectron2 internals this project relies on, in one place: everything else uses public
+API (hooks, `build_train_loader`/`build_hooks` overrides, checkpointers, evaluators).
+tests/test_detectron2_internals.py fails when a detectron2 release changes one of them."""
+
+import logging
+
+from detectron2.data.build import _train_loader_from_config
+
+#: The logger detectron2's TrainerBase.train reports an exception of the loop to, with its
+#: traceback, before re-raising it.
+TRAIN_LOOP_LOGGER = "detectron2.engine.train_loop"
+
+
+def train_loader_arguments(cfg, mapper) -> dict:
+    """The keyword arguments `build_detection_train_loader(cfg, mapper=mapper)` builds its loader
+    from (dataset dicts, sampler, mapper, total_batch_size, aspect_ratio_grouping, num_workers),
+    so that the data set can be wrapped before the loader is made. detectron2 has no public way
+    to get them: `_train_loader_from_config` is what its `@configurable` calls."""
+    return _train_loader_from_config(cfg, mapper)
+
+
+class _DropReported(logging.Filter):
+    def __init__(self, is_reported):
+        super().__init__()
+        self.is_reported = is_reported
+
+    def filter(self, record):
+        return not (record.exc_info and self.is_reported(record.exc_info[1]))
+
+
+def quiet_training_exceptions(is_reported) -> None:
+    """Keep TrainerBase.train from logging a traceback for the exceptions `is_reported(e)` says
+    the caller turns into a one-line message (the exception itself is still raised).
+    Idempotent per predicate."""
+    logger = logging.getLogger(TRAIN_LOOP_LOGGER)
+    if not any(isinstance(f, _DropReported) and f.is_reported is is_reported
+               for f in logger.filters):
+        logger.addFilter(_DropReported(is_reported))

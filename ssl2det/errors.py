@@ -1,0 +1,47 @@
+"""The errors a user can fix. Each message names the file, key or value and the fix; the
+command-line entry points print it as one line, `error: ...`, and exit with the error's
+`exit_code` (no traceback)."""
+
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Base of the project's user-facing errors. exit_code 2: the input is wrong (a config, an
+    argument, a file given); 1: the run failed (an unreadable image, a NaN loss, a lost peer)."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config file, key or value, or a bad command-line argument."""
+
+    exit_code = 2
+
+
+class DatasetError(UserError, RuntimeError):
+    """A data folder or file that cannot be used."""
+
+
+def user_message(error: BaseException) -> str:
+    """The message of an error, also when a DataLoader worker re-raised it with the worker's
+    traceback folded into the text."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def one_line_errors(main):
+    """For an entry point `main(...) -> exit code`: a UserError it raises is printed as one
+    line, `error: MESSAGE`, on stderr, and its exit_code returned, instead of a traceback."""
+
+    @functools.wraps(main)
+    def entry_point(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {user_message(e)}", file=sys.stderr)
+            return e.exit_code
+
+    return entry_point

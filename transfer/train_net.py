@@ -1,0 +1,114 @@
+"""Fine-tune and evaluate detectron2 models from self-supervised backbones (stage two): the
+entry point behind tools/train_net.py and the pipeline's fine-tune and evaluate stages
+(`python -m transfer.train_net ...`).
+
+    python tools/train_net.py --config-file configs/coco_mask_rcnn.yaml --num-gpus 8 \
+        MODEL.WEIGHTS output/simclr/r50_d2.pkl
+    python tools/train_net.py --config-file configs/voc_faster_rcnn.yaml \
+        --register-voc raccoon_train data/raccoon train --register-voc raccoon_test data/raccoon test \
+        --voc-classes raccoon DATASETS.TRAIN '("raccoon_train",)' DATASETS.TEST '("raccoon_test",)' \
+        MODEL.ROI_HEADS.NUM_CLASSES 1
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/run/model_final.pth
+
+detectron2's conventions: --num-gpus, --num-machines, --machine-rank, --dist-url, --resume,
+--eval-only, trailing KEY VALUE overrides. Builtin data sets (coco_2017_train, voc_2007_test, ...)
+are found under $DETECTRON2_DATASETS. Without a GPU it runs on the CPU (one process). The final
+metrics are printed as a table and saved to OUTPUT_DIR/final_metrics.json.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from ssl2det.errors import ConfigError, one_line_errors
+
+from .checkpoint import TransferCheckpointer
+from .config import setup
+from .data import (VOC_CLASSES, register_builtin_voc_semseg, register_coco, register_semseg,
+                   register_voc)
+from .metrics import headline, save_final_metrics
+from .trainer import Trainer
+
+
+def register_datasets(args):
+    register_builtin_voc_semseg()
+    for name, json_file, image_dir in args.register_coco:
+        register_coco(name, json_file, image_dir)
+    classes = [c.strip() for c in args.voc_classes.split(",") if c.strip()]
+    for name, voc_dir, split in args.register_voc:
+        register_voc(name, voc_dir, split, classes)
+    for name, image_dir, label_dir in args.register_semseg:
+        with open(f"{label_dir}/classes.json") as f:
+            register_semseg(name, image_dir, label_dir, json.load(f))
+
+
+def report(cfg, results):
+    print("\nfinal metrics (" + ", ".join(cfg.DATASETS.TEST) + "):")
+    print(tabulate(headline(results).items(), headers=["metric", "value"], tablefmt="github",
+                   floatfmt=".2f"))
+    print(f"saved to {save_final_metrics(cfg, results)}")
+
+
+def run(args):
+    """One process's work (detectron2's `launch` starts one per GPU)."""
+    register_datasets(args)
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        TransferCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if args.save_predictions and comm.is_main_process():
+            from .visualize import save_predictions
+
+            save_predictions(cfg, model, cfg.DATASETS.TEST[0],
+                             os.path.join(cfg.OUTPUT_DIR, "predictions"), args.save_predictions)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        results = trainer.eval_results
+    if comm.is_main_process() and results:
+        report(cfg, results)
+    return results
+
+
+def build_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--register-coco", nargs=3, action="append", default=[],
+                        metavar=("NAME", "JSON", "IMAGE_DIR"),
+                        help="register a COCO-format instance data set (repeatable)")
+    parser.add_argument("--register-voc", nargs=3, action="append", default=[],
+                        metavar=("NAME", "VOC_DIR", "SPLIT"),
+                        help="register a PASCAL VOC-layout detection data set (repeatable)")
+    parser.add_argument("--voc-classes", default=",".join(VOC_CLASSES),
+                        help="comma-separated class names of --register-voc data (default: "
+                             "the 20 VOC classes)")
+    parser.add_argument("--save-predictions", type=int, default=0, metavar="N",
+                        help="with --eval-only: draw the predictions on the first N test images "
+                             "into OUTPUT_DIR/predictions/")
+    parser.add_argument("--register-semseg", nargs=3, action="append", default=[],
+                        metavar=("NAME", "IMAGE_DIR", "LABEL_DIR"),
+                        help="register images + label PNGs (LABEL_DIR/classes.json names the "
+                             "classes; see tools/coco_to_semseg.py) (repeatable)")
+    return parser
+
+
+@one_line_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.num_gpus > max(1, torch.cuda.device_count()):
+        raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
+                          "visible; without GPUs use --num-gpus 1 (the CPU, one process)")
+    launch(run, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
