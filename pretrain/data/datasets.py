@@ -9,6 +9,7 @@ policy is ssl2det.images.BadImages, shared with stage two).
 """
 
 import logging
+import os
 
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from ssl2det.errors import DatasetError
-from ssl2det.images import BadImages, decode_rgb
+from ssl2det.images import BadImages, decode_rgb, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,36 @@ class ImageFiles(ImageFolder):
                                "layout ROOT/<class>/<image>.jpg; set DATA.ROOT / DATA.VAL_ROOT.") from None
         if ignored:
             logger.warning(f"{root}: ignored {len(ignored)} files without an image extension, "
-                           f"e.g. {', '.join(ignored[:3])}")
+                           f"e.g. {', '.join(map(printable_path, ignored[:3]))}")
             for path in ignored:
                 self.bad.ignored(path)
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+                     allow_empty=False):
+        """torchvision's listing (same order), except that each real folder is read once (a
+        symbolic link back to a parent would repeat its images up to 40 times), and class
+        folders without an image are named in the error."""
+        samples, empty = [], []
+        for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
+            visited, listing = set(), []
+            for folder, subfolders, files in os.walk(os.path.join(directory, name),
+                                                     followlinks=True):
+                real = os.path.realpath(folder)
+                if real in visited:
+                    subfolders[:] = []
+                    continue
+                visited.add(real)
+                listing.append((folder, files))
+            found = [(os.path.join(folder, f), label) for folder, files in sorted(listing)
+                     for f in sorted(files) if is_valid_file(os.path.join(folder, f))]
+            samples += found
+            if not found:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise DatasetError(f"{directory}: the class folders {', '.join(map(printable_path, empty))} "
+                               "hold no image; add images or remove those folders")
+        return samples
 
     def read(self, index: int):
         """(RGB image, label) of sample `index`, or of the next readable one after it."""
