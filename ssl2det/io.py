@@ -19,21 +19,66 @@ class UnreadableCheckpointError(CheckpointError):
     """The file cannot be unpickled safely: truncated, not a checkpoint, or carrying code."""
 
 
+class FileWriteError(UserError, OSError):
+    """A file could not be written (a full disk, a size limit, no permission); nothing partial
+    was left behind."""
+
+
+class _RecordingFile:
+    """The file handed to a writer, keeping the OS error a write hit: torch.save reports a full
+    disk only as a generic RuntimeError."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str, write) -> None:
     """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it onto
-    `path`: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    `path`: a reader (or a resumed run) sees the old file or the new one, never half of one.
+    The file gets the mode a plain `open` would give it (umask). A write that fails on the disk
+    (full, size limit) is a FileWriteError naming `path`, and the temporary file is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
+    recording = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        cause = e if isinstance(e, OSError) else recording.error if recording else None
+        if cause is None or not isinstance(e, Exception):
+            raise
+        raise FileWriteError(f"cannot write {path}: {cause.strerror or cause}. Nothing partial was "
+                             "left (an earlier version of the file is unchanged); free disk space "
+                             "or choose another folder, then run again.") from None
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def load_checkpoint_file(path: str) -> dict:
