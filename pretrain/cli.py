@@ -11,10 +11,12 @@ model_NNNNNNN.pth, last_checkpoint, model_final.pth}.
 """
 
 import argparse
+import os
 
 from ssl2det.errors import one_line_errors
+from ssl2det.process import die_with_parent
 
-from .config import load_config
+from .config import load_config, settle_knn_monitor
 from .engine.run import run_pretraining
 
 
@@ -24,15 +26,17 @@ def build_parser(description=__doc__):
     parser.add_argument("--config-file", default="", metavar="FILE", help="YAML config")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint if there is one")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="config overrides, e.g. SOLVER.BATCH_SIZE 128")
     return parser
 
 
 @one_line_errors
 def main(argv=None, description=__doc__):
-    args = build_parser(description).parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    args = build_parser(description).parse_intermixed_args(argv)  # --resume may come last
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: not without its agent
+        die_with_parent()
+    cfg = settle_knn_monitor(load_config(args.config_file, args.opts), given=args.opts[::2])
     trainer = run_pretraining(cfg, resume=args.resume)
     print(f"done: {trainer.max_iter} iterations; outputs in {cfg.OUTPUT_DIR}")
     return 0

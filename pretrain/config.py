@@ -8,11 +8,12 @@ is checked where they are built (pretrain/methods/build.py).
 """
 
 import difflib
+import logging
 import os
 
 from fvcore.common.config import CfgNode as CN
 
-from ssl2det.config import get_key
+from ssl2det.config import check_config_chain, get_key
 from ssl2det.errors import ConfigError
 
 from .methods.barlow import add_barlow_config
@@ -118,6 +119,23 @@ _C.KNN.TEMPERATURE = 0.1
 _C.KNN.MAX_TRAIN_IMAGES = 50000  # memory bank: at most this many training images (0: all)
 _C.KNN.BATCH_SIZE = 256
 
+#: Keys that change how a run runs, not what it learns (devices, workers, periods, where its
+#: outputs go, the kNN monitor): the pipeline leaves a finished run alone when only these change.
+#: Entries ending in "." are prefixes.
+RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT_WORKERS",
+                "DATA.BAD_IMAGES", "KNN.", "DIST.", "SOLVER.CHECKPOINT_PERIOD",
+                "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED", "MODEL.DEVICE", "MODEL.CHANNELS_LAST",
+                "MODEL.COMPILE")
+#: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data
+#: is. A change of any other key (the model, the method, the objectives, the optimiser, the
+#: batch, the augmentation) refuses the resume.
+RESUMABLE_CHANGES = RUNTIME_KEYS + ("DATA.ROOT", "DATA.VAL_ROOT", "SOLVER.EPOCHS",
+                                    "SOLVER.MAX_ITER", "INPUT.AUGMENT_ON_DEVICE")
+
+#: What the frozen-encoder evaluation (pretrain/eval) reads from a run's config.
+PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD",
+              "KNN.K", "KNN.TEMPERATURE")
+
 #: The plug-ins' keys, added to the defaults by get_cfg().
 PLUGIN_CONFIGS = (add_simclr_config, add_mocov2_config, add_byol_config, add_barlow_config,
                   add_infocl_rc_config, add_infocl_lbe_config, add_superinfo_config,
@@ -156,10 +174,9 @@ def load_config(config_file: str = "", opts=()) -> CN:
     """Defaults <- YAML file (with `_BASE_`) <- `KEY VALUE` pairs, then validated and frozen."""
     cfg = get_cfg()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"config file not found: {config_file}")
+        check_config_chain(config_file)
         try:
-            cfg.merge_from_file(config_file)
+            cfg.merge_from_file(config_file, allow_unsafe=False)
         except (KeyError, ValueError, TypeError, AssertionError) as e:
             raise _explain(e, cfg, config_file) from None
     if len(opts) % 2:
@@ -190,9 +207,17 @@ def validate(cfg):
         if get_key(cfg, key) not in allowed:
             raise ConfigError(f"{key} = {get_key(cfg, key)!r} is not one of {', '.join(allowed)}")
     for key in ("SOLVER.BATCH_SIZE", "SOLVER.CHECKPOINT_PERIOD", "INPUT.SIZE", "LOG_PERIOD",
-                "DIST.TIMEOUT_S"):
+                "DIST.TIMEOUT_S", "METHOD.PROJECTOR.HIDDEN_DIM", "METHOD.PROJECTOR.OUT_DIM",
+                "METHOD.PROJECTOR.NUM_LAYERS"):
         if get_key(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {get_key(cfg, key)}")
+    if cfg.DATA.NUM_WORKERS < 0:
+        raise ConfigError(f"DATA.NUM_WORKERS must be 0 (load in the training process) or more, "
+                          f"got {cfg.DATA.NUM_WORKERS}")
+    scale = tuple(cfg.INPUT.CROP_SCALE)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"INPUT.CROP_SCALE {scale} must be (smallest, largest) area fractions "
+                          "with 0 < smallest <= largest <= 1, e.g. (0.08, 1.0)")
     if cfg.INPUT.AUGMENT_ON_DEVICE and cfg.INPUT.AUGMENTATION != "simclr":
         raise ConfigError("INPUT.AUGMENT_ON_DEVICE supports INPUT.AUGMENTATION simclr only; "
                           f"got {cfg.INPUT.AUGMENTATION!r}")
@@ -201,3 +226,25 @@ def validate(cfg):
                           f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")
     if cfg.SOLVER.EPOCHS <= 0 and cfg.SOLVER.MAX_ITER <= 0:
         raise ConfigError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
+
+
+def settle_knn_monitor(cfg: CN, given=()) -> CN:
+    """The kNN monitor reads DATA.VAL_ROOT. A folder the user gave (`given`: the keys set on the
+    command line) must exist: a ConfigError before training otherwise. One that only a config
+    file names (a base config's default) and that does not exist turns the monitor off with a
+    warning, so that `DATA.ROOT my/train` alone starts a run."""
+    root = cfg.DATA.VAL_ROOT
+    if not (cfg.KNN.ENABLED and root) or os.path.isdir(root):
+        return cfg
+    if "DATA.VAL_ROOT" in given:
+        raise ConfigError(f"DATA.VAL_ROOT {root} is not a folder; give the labelled test images "
+                          "(ROOT/<class>/<image>.jpg), or DATA.VAL_ROOT '' to train without the "
+                          "kNN monitor")
+    logging.getLogger("pretrain").warning(
+        f"the kNN monitor is off: DATA.VAL_ROOT {root!r}, named by the config file, does not "
+        "exist here; give DATA.VAL_ROOT on the command line to monitor kNN top-1")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.KNN.ENABLED = False
+    cfg.freeze()
+    return cfg

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from ssl2det.errors import ConfigError, one_line_errors
+
 
 def launch_command(config, num_gpus=None, num_procs=1, num_machines=1, machine_rank=0,
                    dist_url="tcp://127.0.0.1:29500", resume=False, opts=()) -> list:
@@ -21,10 +23,17 @@ def launch_command(config, num_gpus=None, num_procs=1, num_machines=1, machine_r
     `num_procs` of them, with MODEL.DEVICE cpu). One process on one machine runs
     `python -m pretrain` directly (MODEL.DEVICE as configured); more go through torchrun.
     """
-    if num_gpus is None:
-        import torch
+    import torch
 
-        num_gpus = torch.cuda.device_count()
+    visible = torch.cuda.device_count()
+    if num_gpus is None:
+        num_gpus = visible
+    elif num_gpus > visible > 0:
+        raise ConfigError(f"--num-gpus {num_gpus}, but this machine has {visible} GPUs")
+    elif num_gpus > 1 and visible == 0:
+        print(f"no GPU is visible: running {num_gpus} CPU processes (gloo) instead of "
+              f"{num_gpus} GPU processes", file=sys.stderr)
+        num_gpus, num_procs = 0, num_gpus
     processes = num_gpus if num_gpus > 0 else num_procs
     device = [] if num_gpus > 0 else ["MODEL.DEVICE", "cpu"]
     run = ["-m", "pretrain", "--config-file", str(config), *(["--resume"] if resume else []),
@@ -57,6 +66,7 @@ def build_parser():
     return parser
 
 
+@one_line_errors
 def main(argv=None):
     args = build_parser().parse_intermixed_args(argv)
     cmd = launch_command(args.config, args.num_gpus, args.num_procs, args.num_machines,
@@ -65,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,7 +13,10 @@ from .io import CheckpointError, UnreadableCheckpointError, atomic_write
 
 class AtomicSaveMixin:
     """For fvcore / detectron2 checkpointers: checkpoints and `last_checkpoint` written
-    atomically (see `atomic_write`), and `resume_or_load` past damaged checkpoints."""
+    atomically (see `atomic_write`), and `resume_or_load` past damaged checkpoints. `resuming`
+    is True while a checkpoint of this run is loaded to continue it."""
+
+    resuming = False
 
     def save(self, name: str, **kwargs) -> None:
         for obj in self.checkpointables.values():  # collectives: every rank takes part
@@ -44,11 +47,15 @@ class AtomicSaveMixin:
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
         candidates = self._resume_candidates()
-        for candidate in candidates:
-            try:
-                return self.load(candidate)
-            except UnreadableCheckpointError as e:
-                self.logger.warning(f"{e} Trying the previous checkpoint.")
+        self.resuming = True  # a resume must load everything (see TransferCheckpointer)
+        try:
+            for candidate in candidates:
+                try:
+                    return self.load(candidate)
+                except UnreadableCheckpointError as e:
+                    self.logger.warning(f"{e} Trying the previous checkpoint.")
+        finally:
+            self.resuming = False
         raise CheckpointError(f"no usable checkpoint in {self.save_dir} (tried "
                               f"{', '.join(map(os.path.basename, candidates)) or 'none'}); "
                               "start a new run without --resume or with another OUTPUT_DIR")

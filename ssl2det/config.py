@@ -1,4 +1,64 @@
-"""What both stages' configs (fvcore / detectron2 CfgNode) share: keys written as dotted paths."""
+"""What both stages' configs (fvcore / detectron2 CfgNode) share: config files read as plain
+data, and keys written as dotted paths."""
+
+import os
+
+import yaml
+
+from .errors import ConfigError
+
+BASE_KEY = "_BASE_"
+
+
+def read_yaml_mapping(path: str, what: str = "config file") -> dict:
+    """The top-level mapping of a YAML file, read with a safe loader (plain data only: a tag that
+    would build Python objects or run code is refused by name). Every problem is a ConfigError
+    naming the file."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file") from None
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: {e.problem}. The {what} is read as plain data, so a "
+                          "tag that would build Python objects or run code is refused; write the "
+                          "value as plain YAML.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty; a {what} holds KEY: VALUE lines")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__} at the top, not KEY: VALUE lines")
+    return data
+
+
+def _base_files(path: str, data: dict) -> list:
+    """The _BASE_ files of a config, resolved as fvcore does (relative to the file, or ~ / absolute);
+    URLs are left to fvcore."""
+    bases = data.get(BASE_KEY, [])
+    resolved = []
+    for base in bases if isinstance(bases, list) else [bases]:
+        base = os.path.expanduser(str(base))
+        if base.startswith(("https://", "http://")):
+            continue
+        resolved.append(base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base))
+    return resolved
+
+
+def check_config_chain(path: str, chain=()) -> None:
+    """Read a config file and its _BASE_ files as plain data: a ConfigError names the first file
+    that is missing, not YAML, empty, not a mapping, carries a non-data tag, or loops. Call it
+    before `cfg.merge_from_file(path, allow_unsafe=False)` (detectron2's default would fall back
+    to yaml.unsafe_load, which runs what such a tag asks for)."""
+    if path in chain:
+        raise ConfigError("the _BASE_ files loop: " + " -> ".join((*chain, path)))
+    data = read_yaml_mapping(path, "_BASE_ file of " + chain[-1] if chain else "config file")
+    for base in _base_files(path, data):
+        check_config_chain(base, (*chain, path))
 
 
 def get_key(cfg, dotted: str):
@@ -13,3 +73,45 @@ def set_key(cfg, dotted: str, value) -> None:
     """cfg["A"]["B"]["C"] = value for "A.B.C"."""
     parent, _, last = dotted.rpartition(".")
     (get_key(cfg, parent) if parent else cfg)[last] = value
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_values(cfg_or_dump) -> dict:
+    """{dotted key: value} of a CfgNode or of its `dump()` text, values as YAML gives them."""
+    dump = cfg_or_dump if isinstance(cfg_or_dump, str) else cfg_or_dump.dump()
+    return _flatten(yaml.safe_load(dump) or {})
+
+
+def key_in(key: str, patterns) -> bool:
+    """Whether `key` is one of `patterns`, or under one that ends in "."."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def resume_changes(saved_dump: str, cfg, resumable, equivalent=None) -> tuple:
+    """(changes a resumed run may make, changes it may not) between the config a checkpoint was
+    written with (its `cfg.dump()`) and `cfg`: {dotted key: (old, new)} each. `resumable` lists
+    keys and key prefixes (ending in ".") that may change; `equivalent` maps values that mean
+    the same to one of them. A key one side lacks (the code gained or lost it) is not compared."""
+    same = equivalent or {}
+
+    def canonical(value):
+        return same.get(value, value) if isinstance(value, str) else value
+
+    old, new = config_values(saved_dump), config_values(cfg)
+    changed = {k: (old[k], new[k]) for k in old.keys() & new.keys()
+               if canonical(old[k]) != canonical(new[k])}
+    allowed = {k: v for k, v in changed.items() if key_in(k, resumable)}
+    return allowed, {k: v for k, v in changed.items() if k not in allowed}
+
+
+def describe_changes(changes: dict) -> str:
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))

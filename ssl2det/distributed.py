@@ -115,6 +115,17 @@ def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(x) if get_world_size() > 1 else x
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (a collective: every rank must call it)."""
+    if get_world_size() == 1:
+        return flag
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks (for logging; no gradient)."""
     if get_world_size() == 1:

@@ -1,20 +1,42 @@
 """Child processes whose output goes to a log file: the one runner of the pipeline's stages,
-the benchmark's sides and the set-up's pip calls. Standard library only (the set-up uses it
-before the environment has anything else)."""
+the benchmark's sides and the set-up's pip calls; and children that do not outlive their
+parent. Standard library only (the set-up uses it before the environment has anything else)."""
 
+import ctypes
+import functools
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent: int = None) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux; elsewhere a
+    no-op). SIGTERM lets a training run write a checkpoint first. A worker whose launcher was
+    killed (kill -9 of the pipeline or of torchrun's agent) would otherwise go on training as an
+    orphan, writing into the folder the re-run uses. `parent`: the pid expected as parent (a
+    child started from it may find it already gone)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), sig)
 
 
 def run_logged(argv, log_path, echo=None, env=None) -> int:
     """Run `argv`, appending the command line and its output (stdout and stderr, line by line)
-    to `log_path`, and handing each line to `echo` if given; returns the exit code."""
+    to `log_path`, and handing each line to `echo` if given; returns the exit code. The child
+    gets SIGTERM if this process dies."""
     argv = [str(a) for a in argv]
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, bufsize=1)
+                                errors="replace", env=env, bufsize=1,
+                                preexec_fn=functools.partial(die_with_parent, parent=os.getpid()))
         for line in proc.stdout:
             log.write(line)
             if echo:

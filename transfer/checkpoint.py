@@ -6,14 +6,15 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ssl2det.checkpoint import AtomicSaveMixin
-from ssl2det.io import check_weights_pickle, load_checkpoint_file
+from ssl2det.io import CheckpointError, check_weights_pickle, load_checkpoint_file
 
 
 class TransferCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """Saves atomically; loads safely (.pth with weights_only=True, .pkl only if it holds nothing
     but arrays), and a damaged newest checkpoint makes --resume fall back to the previous one
     (AtomicSaveMixin). Says which missing parameters are expected (new heads) and which mean a
-    broken conversion (backbone), instead of detectron2's undifferentiated warning."""
+    broken conversion (backbone), instead of detectron2's undifferentiated warning. Continuing a
+    run (--resume), the checkpoint must fit the model entirely."""
 
     def _load_file(self, filename):
         if not os.path.isfile(filename):  # URLs, detectron2:// and other schemes
@@ -25,6 +26,16 @@ class TransferCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
         return loaded if "model" in loaded else {"model": loaded}
 
     def _log_incompatible_keys(self, incompatible):
+        if self.resuming and (incompatible.missing_keys or incompatible.incorrect_shapes):
+            wrong = [f"{k} {tuple(saved)} vs {tuple(model)}"
+                     for k, saved, model in incompatible.incorrect_shapes]
+            raise CheckpointError(
+                "--resume found a checkpoint that does not fit this model: "
+                + "; ".join(([f"missing {', '.join(incompatible.missing_keys[:5])}"]
+                             if incompatible.missing_keys else [])
+                            + ([f"shapes {', '.join(wrong[:5])}"] if wrong else []))
+                + ". The config changed (classes, depth, heads); use that run's config or a new "
+                "OUTPUT_DIR.")
         backbone = [k for k in incompatible.missing_keys
                     if k.startswith("backbone.") or (k.startswith("roi_heads.res5.")
                                                      and not k.startswith("roi_heads.res5.norm"))]

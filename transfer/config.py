@@ -1,6 +1,7 @@
 """Stage two's configuration: detectron2's CfgNode with this project's keys, read from a file
 and `KEY VALUE` overrides, adapted to the machine, then detectron2's default_setup."""
 
+import logging
 import os
 
 import torch
@@ -9,12 +10,27 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ssl2det.config import get_key, set_key
+from ssl2det.config import (check_config_chain, describe_changes, get_key, resume_changes,
+                            set_key)
 from ssl2det.errors import ConfigError
+from ssl2det.output_dir import claim_output_dir
+
+from .data import check_datasets
 
 #: Config keys that name a normalisation layer.
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
              "MODEL.ROI_MASK_HEAD.NORM", "MODEL.SEM_SEG_HEAD.NORM")
+
+
+#: Keys that change how a run runs, not its results (where outputs go, devices, workers,
+#: periods): the pipeline leaves a finished stage alone when only these change.
+RUNTIME_KEYS = ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "DATALOADER.NUM_WORKERS",
+                "DATALOADER.BAD_IMAGES", "MODEL.DEVICE", "VIS_PERIOD", "CUDNN_BENCHMARK")
+#: What a resumed fine-tuning (--resume) may change: the runtime keys, its length, data,
+#: evaluation and initial weights (unused by a resume). Any other change (the model, classes,
+#: input sizes, the optimiser) refuses the resume.
+RESUMABLE_CHANGES = RUNTIME_KEYS + ("SOLVER.MAX_ITER", "SOLVER.STEPS", "DATASETS.", "TEST.",
+                                    "MODEL.WEIGHTS")
 
 
 def add_transfer_config(cfg):
@@ -46,17 +62,49 @@ def adapt_to_machine(cfg):
     return changes
 
 
+def check_resumed_config(cfg) -> None:
+    """With a checkpoint in OUTPUT_DIR, compare the config of the run that wrote it (its
+    config.yaml) with `cfg`: changes outside RESUMABLE_CHANGES are refused, naming each key."""
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not (os.path.isfile(saved) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        return
+    with open(saved) as f:
+        allowed, refused = resume_changes(f.read(), cfg, RESUMABLE_CHANGES,
+                                          equivalent={"naiveSyncBN": "SyncBN"})  # CPU vs GPU
+    if refused:
+        raise ConfigError(f"{cfg.OUTPUT_DIR} holds a run with another config, and --resume "
+                          f"continues a run, it cannot change it: {describe_changes(refused)}. Use "
+                          "that run's config, or a new OUTPUT_DIR for a new run.")
+    if allowed:
+        logging.getLogger("transfer").warning(
+            f"resuming with changed settings: {describe_changes(allowed)}")
+
+
+def merge_config(config_file: str, opts=()):
+    """This project's defaults <- the YAML file (its _BASE_ chain read as plain data) <- KEY VALUE
+    pairs; not yet adapted to the machine."""
+    cfg = get_cfg()
+    check_config_chain(config_file)
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"bad config ({config_file} + overrides): {e}") from None
+    return cfg
+
+
 def setup(args):
     """Config from file + overrides, adapted to the machine, then detectron2's default_setup
     (output folder, logging, config.yaml, seed)."""
-    cfg = get_cfg()
-    if not os.path.isfile(args.config_file):
-        raise ConfigError(f"config file not found: {args.config_file}")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"bad config ({args.config_file} + overrides): {e}") from None
+    cfg = merge_config(args.config_file, args.opts)
+    reference, world = cfg.SOLVER.REFERENCE_WORLD_SIZE, comm.get_world_size()
+    if reference and reference != world and cfg.SOLVER.IMS_PER_BATCH % reference:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} does not split over the "
+            f"SOLVER.REFERENCE_WORLD_SIZE {reference} GPUs of the protocol, from which detectron2 "
+            f"rescales batch, learning rate and schedule to your {world}. Give a batch divisible "
+            f"by {reference}, or SOLVER.REFERENCE_WORLD_SIZE 0 to train with your batch and "
+            "schedule as given (docs/transfer.md).")
     if cfg.DATALOADER.BAD_IMAGES not in ("skip", "error"):
         raise ConfigError(f"DATALOADER.BAD_IMAGES = {cfg.DATALOADER.BAD_IMAGES!r} is not one of "
                           "skip, error")
@@ -65,8 +113,13 @@ def setup(args):
         raise ConfigError(f"MODEL.WEIGHTS {weights} does not exist. Convert a pretraining "
                           "checkpoint with tools/convert_to_d2.py, or pass MODEL.WEIGHTS '' to "
                           "start from random weights.")
+    check_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     changes = adapt_to_machine(cfg)
     cfg.freeze()
+    if comm.is_main_process():  # one run per folder: a second one stops before it writes
+        claim_output_dir(cfg.OUTPUT_DIR)
+        if args.resume:
+            check_resumed_config(cfg)  # before default_setup writes the new config.yaml
     default_setup(cfg, args)
     logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="transfer")
     for change in changes:

@@ -10,6 +10,7 @@ so `DetectionCheckpointer` places `res5` in the backbone (FPN) or in the ROI hea
 """
 
 import argparse
+import os
 import pickle
 import re
 import sys
@@ -168,6 +169,12 @@ def convert_checkpoint(path: str, ema: bool = False) -> Conversion:
 
 def save_detectron2_weights(conversion: Conversion, path: str) -> None:
     """detectron2's pickle format, written atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConversionError(f"the output {path} is a folder; give a file name, e.g. "
+                              f"{os.path.join(path, 'backbone_d2.pkl')}")
+    if not os.path.isdir(folder):
+        raise ConversionError(f"the output's folder {folder} does not exist; create it first")
     data = {"model": {k: v.numpy() for k, v in conversion.weights.items()},
             "__author__": f"ssl2det convert_to_d2 ({conversion.source}, {conversion.arch})",
             "matching_heuristics": True}

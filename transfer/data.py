@@ -73,7 +73,31 @@ def register_builtin_voc_semseg(root=None):
             continue
         DatasetCatalog.register(name, lambda s=split: _load_voc_semseg(voc_dir, s))
         MetadataCatalog.get(name).set(stuff_classes=["background", *VOC_CLASSES],
-                                      ignore_label=255, evaluator_type="sem_seg")
+                                      ignore_label=255, evaluator_type="sem_seg", dirname=voc_dir)
+
+
+def check_datasets(names) -> None:
+    """Every data set a run names is registered and has its files where its metadata says, or a
+    ConfigError names what is missing, before any work starts (detectron2 would fail later,
+    with a traceback, and for its builtin sets without naming DETECTRON2_DATASETS)."""
+    registered = set(DatasetCatalog.list())
+    for name in names:
+        if name not in registered:
+            raise ConfigError(f"data set {name!r} is not registered: register it with "
+                              "--register-coco / --register-voc / --register-semseg, or use one "
+                              "of detectron2's builtin names (coco_2017_train, voc_2007_test, ...)")
+        metadata = MetadataCatalog.get(name)
+        for key in ("json_file", "image_root", "dirname", "sem_seg_root"):
+            path = metadata.get(key, None)
+            if path and not os.path.exists(path):
+                root = os.getenv("DETECTRON2_DATASETS")
+                raise ConfigError(
+                    f"data set {name}: {path} does not exist. detectron2 finds its builtin data "
+                    "sets under $DETECTRON2_DATASETS ("
+                    + (f"now {root}" if root else "unset, so ./datasets") + "), in its layout: "
+                    "coco/annotations/instances_{train,val}2017.json with coco/{train,val}2017/, "
+                    "VOC2007/ and VOC2012/ with Annotations/, JPEGImages/, ImageSets/. Set the "
+                    "variable, or register the data set from the command line.")
 
 
 class SkipUnreadableImages(torch.utils.data.Dataset):

@@ -24,6 +24,9 @@ packages' entry points (`python -m pretrain`, `python -m transfer.train_net`, ..
 goes to a log in the stage's folder.
 """
 
+import functools
+import hashlib
+import json
 import os
 import re
 import sys
@@ -31,13 +34,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from pretrain.config import PROBE_KEYS, load_config
+from pretrain.config import RUNTIME_KEYS as PRETRAIN_RUNTIME_KEYS
 from pretrain.launch import launch_command
+from ssl2det.config import config_values, key_in, read_yaml_mapping
 from ssl2det.errors import UserError, one_line_errors
+from ssl2det.io import atomic_write
 from ssl2det.process import log_tail, run_logged
 
+from .config import RUNTIME_KEYS as TRANSFER_RUNTIME_KEYS
+from .config import merge_config
 from .layout import RANDOM, RunLayout
+from .report import write_report
 
 
 class PipelineError(UserError, ValueError):
@@ -99,11 +107,7 @@ def _strings(values) -> list:
 
 def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
     run_file = Path(path)
-    try:
-        source = run_file.read_text()
-        raw = yaml.safe_load(source) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise PipelineError(f"cannot read the run file {path}: {e}") from None
+    raw = read_yaml_mapping(path, "run file")
     allowed = {"output_dir", "datasets", "pretrain", "probe", "transfer", "report", "launch"}
     unknown = set(raw) - allowed
     if unknown:
@@ -138,23 +142,72 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
         args += ["--voc-classes", str(datasets["voc_classes"])]
     out = Path(output_dir or raw.get("output_dir") or "output/pipeline")
     return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe,
-                        int((raw.get("report") or {}).get("predictions", 3)), source,
+                        int((raw.get("report") or {}).get("predictions", 3)), run_file.read_text(),
                         int((raw.get("launch") or {}).get("num_gpus", 0)))
 
 
+def _fingerprint(inputs) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _results_values(cfg, runtime_keys) -> dict:
+    """The config's values that decide a stage's results (not its runtime keys)."""
+    return {k: v for k, v in config_values(cfg).items() if not key_in(k, runtime_keys)}
+
+
 class Stage:
-    """One step of the chain: a child process whose outputs land in `folder`."""
+    """One step of the chain: a child process whose outputs land in `folder`.
+
+    A stage records what its outputs are made from (`inputs`: the effective config, the
+    arguments, the records of the stages it reads) as a hash in RECORD, next to its outputs.
+    The pipeline skips a complete stage only while that hash still holds."""
 
     kind = ""  # names the log file, FOLDER/KIND.log
 
-    def __init__(self, folder: Path, label: str):
-        self.folder, self.label = folder, label
+    def __init__(self, folder: Path, label: str, key: tuple):
+        self.folder, self.label, self.key = folder, label, key
+        self.outputs = [folder]
+        self.record = folder / "stage.json"
 
     def is_complete(self) -> bool:
         raise NotImplementedError
 
     def command(self) -> list:
         raise NotImplementedError
+
+    def inputs(self, upstream: dict) -> dict:
+        """What the outputs depend on; `upstream`: {stage key: hash} of the stages before."""
+        raise NotImplementedError
+
+    def effective_config(self) -> str:
+        """The config the stage runs with, as text, for its record ("" for none)."""
+        return ""
+
+    def has_outputs(self) -> bool:
+        return any(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in self.outputs)
+
+    def recorded_hash(self):
+        try:
+            return json.loads(self.record.read_text()).get("hash")
+        except (OSError, ValueError):
+            return None
+
+    def write_record(self, fingerprint: str):
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"hash": fingerprint, "command": [str(c) for c in self.command()],
+                           "config": self.effective_config()}, indent=1)
+        atomic_write(str(self.record), lambda f: f.write(text.encode()))
+
+    def set_aside(self) -> list:
+        """Move the outputs (and the record) of other inputs out of the way; returns where."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for path in [*self.outputs, self.record]:
+            if path.exists():
+                target = path.with_name(f"{path.name}.stale-{stamp}")
+                path.rename(target)
+                moved.append(target)
+        return moved
 
     def run(self, echo):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -177,15 +230,28 @@ class PretrainStage(Stage):
     kind = "pretrain"
 
     def __init__(self, spec, run: PretrainRun):
-        super().__init__(spec.layout.pretrain(run.name), f"pretrain {run.name}")
+        super().__init__(spec.layout.pretrain(run.name), f"pretrain {run.name}",
+                         ("pretrain", run.name))
         self.run_spec, self.num_gpus = run, max(1, spec.num_gpus)
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
+    def opts(self):
+        return [*self.run_spec.overrides, "OUTPUT_DIR", str(self.folder)]
+
     def command(self):
-        return launch_command(self.run_spec.config, self.num_gpus, resume=True,
-                              opts=[*self.run_spec.overrides, "OUTPUT_DIR", self.folder])
+        return launch_command(self.run_spec.config, self.num_gpus, resume=True, opts=self.opts())
+
+    @functools.cached_property
+    def config(self):
+        return load_config(self.run_spec.config, self.opts())
+
+    def inputs(self, upstream):
+        return {"config": _results_values(self.config, PRETRAIN_RUNTIME_KEYS)}
+
+    def effective_config(self):
+        return self.config.dump()
 
 
 class ConvertStage(Stage):
@@ -193,8 +259,10 @@ class ConvertStage(Stage):
 
     def __init__(self, spec, run: PretrainRun):
         self.target = spec.layout.converted(run.name)
-        super().__init__(self.target.parent, f"convert {run.name}")
-        self.source = spec.layout.pretrain_checkpoint(run.name)
+        super().__init__(self.target.parent, f"convert {run.name}", ("convert", run.name))
+        self.outputs = [self.target]
+        self.record = self.target.with_suffix(".stage.json")
+        self.source, self.run_name = spec.layout.pretrain_checkpoint(run.name), run.name
 
     def is_complete(self):
         return self.target.is_file()
@@ -202,45 +270,69 @@ class ConvertStage(Stage):
     def command(self):
         return [sys.executable, "-m", "transfer.convert", self.source, self.target]
 
+    def inputs(self, upstream):
+        return {"pretrain": upstream[("pretrain", self.run_name)]}
+
 
 class ProbeStage(Stage):
-    """kNN and linear-probe top-1 of a pretraining run's frozen encoder, or of a random one
-    (built from `baseline_run`'s config)."""
+    """kNN and linear-probe top-1 of a pretraining run's frozen encoder, or, with `random`, of a
+    randomly initialised encoder of the run's architecture (the baseline)."""
 
     kind = "probe"
 
-    def __init__(self, spec, name: str, baseline_run: PretrainRun = None):
-        super().__init__(spec.layout.probe(name), f"probe {name}")
-        self.settings, self.result = spec.probe, spec.layout.probe_result(name)
-        if baseline_run:
-            self.encoder = ["--random-init", "--config-file", baseline_run.config]
-            self.overrides = baseline_run.overrides
-        else:
-            self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(name)]
-            self.overrides = []  # the run's own config.yaml, beside its checkpoint
+    def __init__(self, spec, run: PretrainRun, random: bool = False):
+        self.name = RANDOM if random else run.name
+        super().__init__(spec.layout.probe(self.name), f"probe {self.name}", ("probe", self.name))
+        self.settings, self.result, self.run_spec = spec.probe, spec.layout.probe_result(self.name), run
+        if random:
+            self.encoder = ["--random-init", "--config-file", run.config, *run.overrides]
+        else:  # the run's own config.yaml, beside its checkpoint
+            self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(run.name)]
 
     def is_complete(self):
         return self.result.is_file()
 
     def command(self):
         s = self.settings
-        return [sys.executable, "-m", "pretrain.eval", "probe", *self.encoder,
-                "--train-root", s.train_root, "--val-root", s.val_root,
-                "--epochs", s.linear_epochs, "--output", self.result, *self.overrides,
-                *s.overrides]
+        return [sys.executable, "-m", "pretrain.eval", "probe", "--train-root", s.train_root,
+                "--val-root", s.val_root, "--epochs", s.linear_epochs, "--output", self.result,
+                *self.encoder, *s.overrides]
+
+    def inputs(self, upstream):
+        s = self.settings
+        config = config_values(load_config(self.run_spec.config, self.run_spec.overrides))
+        return {"encoder": upstream[("pretrain", self.name)] if self.name != RANDOM else RANDOM,
+                "config": {k: v for k, v in config.items() if key_in(k, PROBE_KEYS)},
+                "probe": [s.train_root, s.val_root, s.linear_epochs, s.overrides]}
 
 
 class TrainNetStage(Stage):
     """A `python -m transfer.train_net` run of a transfer task from one backbone."""
 
-    def __init__(self, spec, task: TransferTask, backbone: str, folder: Path, label: str):
-        super().__init__(folder, label)
+    def __init__(self, spec, task: TransferTask, backbone: str, folder: Path, label: str,
+                 key: tuple):
+        super().__init__(folder, label, key)
         self.spec, self.task, self.backbone = spec, task, backbone
 
     def train_net(self, *flags):
         return [sys.executable, "-m", "transfer.train_net", "--config-file", self.task.config,
                 *flags, "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
-                *self.task.overrides]
+                *self.task.overrides, *self.extra_opts()]
+
+    def extra_opts(self) -> list:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def config(self):
+        return merge_config(self.task.config, [*self.task.overrides, *map(str, self.extra_opts())])
+
+    def config_inputs(self):
+        """The results-deciding config, with MODEL.WEIGHTS left to the upstream record."""
+        return {"config": _results_values(self.config, (*TRANSFER_RUNTIME_KEYS, "MODEL.WEIGHTS")),
+                "datasets": self.spec.dataset_args}
+
+    def effective_config(self):
+        return self.config.dump()
 
 
 class FinetuneStage(TrainNetStage):
@@ -248,16 +340,23 @@ class FinetuneStage(TrainNetStage):
 
     def __init__(self, spec, task, backbone):
         super().__init__(spec, task, backbone, spec.layout.finetune(task.name, backbone),
-                         f"fine-tune {task.name} from {backbone}")
+                         f"fine-tune {task.name} from {backbone}",
+                         ("finetune", task.name, backbone))
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
-    def command(self):
+    def extra_opts(self):
         # No evaluation here (DATASETS.TEST empty): the evaluate stage does it once.
-        return self.train_net("--resume") + [
-            "MODEL.WEIGHTS", self.spec.layout.weights_for(self.backbone),
-            "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
+        return ["MODEL.WEIGHTS", self.spec.layout.weights_for(self.backbone),
+                "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
+
+    def command(self):
+        return self.train_net("--resume")
+
+    def inputs(self, upstream):
+        return {**self.config_inputs(),
+                "backbone": upstream.get(("convert", self.backbone), self.backbone)}
 
 
 class EvaluateStage(TrainNetStage):
@@ -265,15 +364,22 @@ class EvaluateStage(TrainNetStage):
 
     def __init__(self, spec, task, backbone):
         super().__init__(spec, task, backbone, spec.layout.evaluate(task.name, backbone),
-                         f"evaluate {task.name} from {backbone}")
+                         f"evaluate {task.name} from {backbone}",
+                         ("evaluate", task.name, backbone))
         self.weights = spec.layout.finetune(task.name, backbone) / "model_final.pth"
 
     def is_complete(self):
         return (self.folder / "final_metrics.json").is_file()
 
+    def extra_opts(self):
+        return ["MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
+
     def command(self):
-        return self.train_net("--eval-only", "--save-predictions", self.spec.predictions) + [
-            "MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
+        return self.train_net("--eval-only", "--save-predictions", self.spec.predictions)
+
+    def inputs(self, upstream):
+        return {**self.config_inputs(), "predictions": self.spec.predictions,
+                "finetune": upstream[("finetune", self.task.name, self.backbone)]}
 
 
 def build_stages(spec: PipelineSpec):
@@ -281,14 +387,23 @@ def build_stages(spec: PipelineSpec):
     stages = [PretrainStage(spec, r) for r in spec.pretrain]
     stages += [ConvertStage(spec, r) for r in spec.pretrain if r.name in used]
     if spec.probe:
-        stages += [ProbeStage(spec, r.name) for r in spec.pretrain]
+        stages += [ProbeStage(spec, r) for r in spec.pretrain]
         if spec.probe.baseline and spec.pretrain:
-            stages.append(ProbeStage(spec, RANDOM, baseline_run=spec.pretrain[0]))
+            stages.append(ProbeStage(spec, spec.pretrain[0], random=True))
     for task in spec.transfer:
         stages += [FinetuneStage(spec, task, b) for b in task.backbones]
     for task in spec.transfer:
         stages += [EvaluateStage(spec, task, b) for b in task.backbones]
     return stages
+
+
+def fingerprints(stages) -> dict:
+    """{stage key: hash of its inputs}, upstream hashes included: a change reaches every stage
+    that depends on it."""
+    hashes = {}
+    for stage in stages:
+        hashes[stage.key] = _fingerprint(stage.inputs(hashes))
+    return hashes
 
 
 _LOG_MESSAGE = re.compile(r"\[\d\d/\d\d \d\d:\d\d:\d\d [^\]]*\]:? (.*)")
@@ -305,25 +420,40 @@ def _echo_progress(line: str):
         print("    " + (message.group(1) if message else line.strip())[:160], flush=True)
 
 
-def run_pipeline(spec: PipelineSpec, echo=_echo_progress):
-    """Run the stages that are not complete, then write the report; returns its path."""
-    from .report import write_report
+def run_pipeline(spec: PipelineSpec, echo=_echo_progress, keep_stale=False):
+    """Run the stages that are not complete, then write the report; returns its path.
 
+    A complete stage whose inputs have changed since (another config, override or upstream
+    result) is stale: its outputs are moved aside and it runs again; with `keep_stale` it is
+    skipped and reported as stale."""
     spec.layout.root.mkdir(parents=True, exist_ok=True)
     spec.layout.run_file.write_text(spec.source)
     stages = build_stages(spec)
+    hashes = fingerprints(stages)  # every config is read here: a bad one fails before any work
+    stale = []
     start = time.time()
     for i, stage in enumerate(stages, 1):
         prefix = f"[pipeline {i}/{len(stages) + 1}] {stage.label}"
-        if stage.is_complete():
+        current = stage.recorded_hash() == hashes[stage.key]
+        if stage.is_complete() and current:
             print(f"{prefix}: complete, skipped", flush=True)
             continue
+        if stage.has_outputs() and not current:
+            if keep_stale and stage.is_complete():
+                print(f"{prefix}: STALE (its inputs changed since it ran), kept as asked",
+                      flush=True)
+                stale.append(stage.key)
+                continue
+            moved = stage.set_aside()
+            print(f"{prefix}: its inputs changed since its outputs were made; moved them to "
+                  f"{', '.join(map(str, moved))}", flush=True)
         print(f"{prefix} ...", flush=True)
         t = time.time()
+        stage.write_record(hashes[stage.key])
         stage.run(echo)
         print(f"{prefix}: done in {time.time() - t:.0f} s", flush=True)
     print(f"[pipeline {len(stages) + 1}/{len(stages) + 1}] report", flush=True)
-    report = write_report(spec)
+    report = write_report(spec, stale)
     print(f"[pipeline] finished in {time.time() - start:.0f} s; report: {report}", flush=True)
     return report
 
@@ -336,8 +466,11 @@ def main(argv=None, description=__doc__):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_file", help="pipeline YAML (e.g. configs/pipeline/demo.yaml)")
     parser.add_argument("--output-dir", help="overrides the run file's output_dir")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="do not re-run finished stages whose inputs changed; report them as "
+                             "stale instead")
     args = parser.parse_args(argv)
-    run_pipeline(load_spec(args.run_file, args.output_dir))
+    run_pipeline(load_spec(args.run_file, args.output_dir), keep_stale=args.keep_stale)
     return 0
 
 

@@ -55,45 +55,58 @@ def _curve_plot(series: dict, key: str, ylabel: str, title: str, path: Path):
     return path if drawn else None
 
 
-def results_table(spec):
-    """(headers, rows) of the final metrics of every (task, backbone)."""
+def _marked(name, key, stale):
+    return f"{name} (STALE)" if key in stale else name
+
+
+def results_table(spec, stale=()):
+    """(headers, rows) of the final metrics of every (task, backbone); `stale`: the keys of the
+    stages kept although their inputs changed."""
     rows, columns = [], []
     for task in spec.transfer:
         for backbone in task.backbones:
             flat = headline(read_final_metrics(spec.layout.evaluate(task.name, backbone)))
             columns += [c for c in flat if c not in columns]
-            rows.append((task.name, backbone, flat))
+            rows.append((task.name, _marked(backbone, ("evaluate", task.name, backbone), stale),
+                         flat))
     headers = ["task", "backbone", *columns]
     return headers, [[t, b, *(f"{flat[c]:.2f}" if c in flat else "–" for c in columns)]
                      for t, b, flat in rows]
 
 
-def probe_table(spec):
+def probe_table(spec, stale=()):
     """(headers, rows) of the kNN and linear-probe top-1 of every probed encoder."""
     names = [r.name for r in spec.pretrain] + ([RANDOM] if spec.probe.baseline else [])
     rows = []
     for name in names:
         path = spec.layout.probe_result(name)
         result = json.loads(path.read_text()) if path.is_file() else {}
-        rows.append([name, *(f"{result[k]:.2f}" if k in result else "–"
-                             for k in ("knn_top1", "linear_top1"))])
+        rows.append([_marked(name, ("probe", name), stale),
+                     *(f"{result[k]:.2f}" if k in result else "–"
+                       for k in ("knn_top1", "linear_top1"))])
     return ["run", "kNN top-1 (%)", "linear top-1 (%)"], rows
 
 
-def _blocks(spec):
+def _blocks(spec, stale):
     layout = spec.layout
     figures = layout.report_files
     figures.mkdir(exist_ok=True)
-    blocks = [("h1", f"Pipeline report: {layout.root.name}"), ("h2", "Results")]
+    blocks = [("h1", f"Pipeline report: {layout.root.name}")]
+    if stale:
+        blocks.append(("p", "STALE: the inputs of these stages changed after they ran, and they "
+                            "were kept (--keep-stale), so their rows below do not come from the "
+                            "run file shown: " + ", ".join(" ".join(k) for k in stale)
+                       + ". Run without --keep-stale to redo them."))
+    blocks.append(("h2", "Results"))
     if spec.transfer:
-        headers, rows = results_table(spec)
+        headers, rows = results_table(spec, stale)
         blocks += [("p", "Detection/segmentation metrics on the test set after fine-tuning, for "
                          f"each backbone: '{RANDOM}' is a randomly initialised encoder; the "
                          "others were pretrained by the runs below and converted with "
                          "tools/convert_to_d2.py."),
                    ("table", headers, rows)]
     if spec.probe:
-        headers, rows = probe_table(spec)
+        headers, rows = probe_table(spec, stale)
         blocks += [("p", f"Frozen encoders on {spec.probe.val_root}: weighted kNN top-1 and "
                          f"linear-probe top-1 (last of {spec.probe.linear_epochs} epochs), "
                          f"the probe trained on {spec.probe.train_root}."),
@@ -111,7 +124,7 @@ def _blocks(spec):
         rows_ = pretrain[run.name]
         last = rows_[-1] if rows_ else {}
         knn = [r["knn_top1"] for r in rows_ if "knn_top1" in r]
-        summary.append([run.name, Path(run.config).name, str(last.get("iteration", "–")),
+        summary.append([_marked(run.name, ("pretrain", run.name), stale), Path(run.config).name, str(last.get("iteration", "–")),
                         f"{last['loss']:.4f}" if "loss" in last else "–",
                         f"{knn[-1]:.2f}" if knn else "–"])
     blocks.append(("table", ["run", "config", "last iteration", "last loss", "kNN top-1"],
@@ -198,14 +211,14 @@ def _html(blocks) -> str:
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def write_report(spec) -> Path:
+def write_report(spec, stale=()) -> Path:
     """Write report.md and report.html (images embedded) into the run folder; print the
-    results table; return the path of report.md."""
-    blocks = _blocks(spec)
+    results tables; return the path of report.md. `stale`: keys of stages kept out of date."""
+    blocks = _blocks(spec, stale)
     out = spec.layout.root
     (out / "report.md").write_text(_markdown(blocks, out))
     (out / "report.html").write_text(_html(blocks))
-    tables = ([results_table(spec)] if spec.transfer else []) + (
-        [probe_table(spec)] if spec.probe else [])
+    tables = ([results_table(spec, stale)] if spec.transfer else []) + (
+        [probe_table(spec, stale)] if spec.probe else [])
     print("\n" + _markdown([("table", headers, rows) for headers, rows in tables], out))
     return out / "report.md"

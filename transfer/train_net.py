@@ -26,6 +26,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ssl2det.errors import ConfigError, one_line_errors
+from ssl2det.process import die_with_parent
 
 from .checkpoint import TransferCheckpointer
 from .config import setup
@@ -56,6 +57,8 @@ def report(cfg, results):
 
 def run(args):
     """One process's work (detectron2's `launch` starts one per GPU)."""
+    if args.num_gpus * args.num_machines > 1:  # a spawned worker: not without its launcher
+        die_with_parent()
     register_datasets(args)
     cfg = setup(args)
     if args.eval_only:
@@ -99,9 +102,19 @@ def build_parser():
     return parser
 
 
+def parse_args(argv=None):
+    """detectron2's arguments; its flags are also recognised after the KEY VALUE pairs."""
+    args = build_parser().parse_args(argv)
+    for flag in ("--resume", "--eval-only"):
+        if flag in args.opts:
+            args.opts.remove(flag)
+            setattr(args, flag[2:].replace("-", "_"), True)
+    return args
+
+
 @one_line_errors
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.num_gpus > max(1, torch.cuda.device_count()):
         raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
                           "visible; without GPUs use --num-gpus 1 (the CPU, one process)")

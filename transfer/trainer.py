@@ -9,12 +9,17 @@ from detectron2.data import (DatasetFromList, DatasetMapper, MetadataCatalog,
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, SemSegEvaluator
 
-from ssl2det.detectron2_internals import train_loader_arguments
-from ssl2det.errors import ConfigError
+from ssl2det.detectron2_internals import quiet_training_exceptions, train_loader_arguments
+from ssl2det.errors import ConfigError, UserError
+from ssl2det.preemption import CheckpointOnSignal
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .checkpoint import TransferCheckpointer
 from .data import SemSegDatasetMapper, SkipUnreadableImages
+
+
+def _is_user_error(error: BaseException) -> bool:
+    return isinstance(error, UserError)
 
 
 class Trainer(DefaultTrainer):
@@ -28,7 +33,12 @@ class Trainer(DefaultTrainer):
                                                  **self.checkpointer.checkpointables)
         self.eval_results = {}
         return [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
-                if isinstance(hook, hooks.EvalHook) else hook for hook in super().build_hooks()]
+                if isinstance(hook, hooks.EvalHook) else hook
+                for hook in super().build_hooks()] + [CheckpointOnSignal(self.checkpointer)]
+
+    def train(self):
+        quiet_training_exceptions(_is_user_error)  # reported as one line by the entry point
+        return super().train()
 
     def _evaluate(self):
         self.eval_results = self.test(self.cfg, self.model)

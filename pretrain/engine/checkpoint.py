@@ -11,10 +11,12 @@ import torch.distributed as dist
 from fvcore.common.checkpoint import Checkpointer
 
 from ssl2det.checkpoint import AtomicSaveMixin
+from ssl2det.config import describe_changes, resume_changes
 from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.io import CheckpointError, load_checkpoint_file
 
 from ..checkpoint_format import FORMAT, saved_meta
+from ..config import RESUMABLE_CHANGES
 
 logger = logging.getLogger(__name__)
 
@@ -23,17 +25,30 @@ class AtomicCheckpointer(AtomicSaveMixin, Checkpointer):
     """fvcore's Checkpointer with atomic saves and safe loads (weights_only=True).
 
     With `expected_meta`, a loaded checkpoint must carry the same `run_state.meta` (format,
-    architecture, method): a resume refuses another run's file instead of half-loading it.
+    architecture, method): a resume refuses another run's file instead of half-loading it. With
+    `config` too, the run's config must equal the one the checkpoint was written with, except
+    for the keys in RESUMABLE_CHANGES (listed in a warning); any other change is refused, naming
+    each key with its old and new value.
     """
 
-    def __init__(self, *args, expected_meta: dict = None, **kwargs):
+    def __init__(self, *args, expected_meta: dict = None, config=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.expected_meta = expected_meta
+        self.expected_meta, self.config = expected_meta, config
 
     def _load_file(self, f: str) -> dict:
         data = load_checkpoint_file(f)
         if self.expected_meta:
             _check_meta(f, saved_meta(data), self.expected_meta)
+        saved_config = (data.get("run_state") or {}).get("config")
+        if self.config is not None and saved_config:
+            allowed, refused = resume_changes(saved_config, self.config, RESUMABLE_CHANGES)
+            if refused:
+                raise CheckpointError(
+                    f"{f} was written with another config, and --resume continues a run, it "
+                    f"cannot change it: {describe_changes(refused)}. Use that run's config, or "
+                    "a new OUTPUT_DIR for a new run.")
+            if allowed:
+                logger.warning(f"resuming with changed settings: {describe_changes(allowed)}")
         return data
 
 
@@ -51,10 +66,11 @@ def _check_meta(path, saved, expected):
 class RunState:
     """The state besides model and optimiser that an exact resume needs: every rank's global
     RNGs (the augmentation RNG is seeded per sample, see data/datasets.py), plus what the run
-    was, so that a converter or a resume can check it reads the right thing."""
+    was (its meta and config), so that a converter or a resume can check it reads the right
+    thing."""
 
-    def __init__(self, meta: dict):
-        self.meta = meta
+    def __init__(self, meta: dict, config_dump: str = ""):
+        self.meta, self.config_dump = meta, config_dump
         self._ranks = []
 
     def gather(self):
@@ -67,7 +83,8 @@ class RunState:
             dist.all_gather_object(self._ranks, local)
 
     def state_dict(self):
-        return {"meta": self.meta, "ranks": self._ranks or [_rng_state()]}
+        return {"meta": self.meta, "config": self.config_dump,
+                "ranks": self._ranks or [_rng_state()]}
 
     def load_state_dict(self, state):
         ranks = state["ranks"]

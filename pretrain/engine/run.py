@@ -13,6 +13,8 @@ from ssl2det.distributed import (convert_sync_batchnorm, get_world_size, init_di
                                  is_main_process, ranks_from_environment)
 from ssl2det.errors import ConfigError
 from ssl2det.images import read_bad_image_list
+from ssl2det.output_dir import claim_output_dir
+from ssl2det.preemption import CheckpointOnSignal
 
 from ..checkpoint_format import run_meta
 from ..data import build_pretrain_loader
@@ -25,19 +27,19 @@ from .trainer import PretrainTrainer
 
 logger = logging.getLogger("pretrain")
 
+
 def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     device = resolve_device(cfg.MODEL.DEVICE)
-    world = ranks_from_environment()[1]
-    if cfg.SOLVER.BATCH_SIZE % world:  # checked before any process waits for the others
+    rank, world, _ = ranks_from_environment()
+    # checked before any process waits for the others
+    if cfg.SOLVER.BATCH_SIZE % world:
         raise ConfigError(f"SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE} is not divisible by the "
                           f"{world} processes; use a multiple of {world}")
+    if rank == 0:  # one run per folder: a second one stops here, before it writes anything
+        claim_output_dir(cfg.OUTPUT_DIR)
     rank, world, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S)
     if device.type == "cuda":
         device = torch.device("cuda", local)
-    if rank == 0:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
     for name, abbrev in (("pretrain", "pretrain"), ("detectron2", "d2"), ("fvcore", "fvcore")):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=abbrev)
     logger.info(f"rank {rank}/{world} on {device}; config:\n{cfg.dump()}")
@@ -67,7 +69,8 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
 
     meta = run_meta(cfg)
     checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,
-                                      expected_meta=meta, run_state=RunState(meta),
+                                      expected_meta=meta, config=cfg,
+                                      run_state=RunState(meta, cfg.dump()),
                                       optimizer=optimizer, scaler=scaler)
     trainer.start_iter = 0
     if resume:
@@ -78,6 +81,9 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
             trainer.start_iter = extra["iteration"] + 1
             logger.info(f"resumed: continuing at iteration {trainer.start_iter}")
 
+    if rank == 0:  # after the resume's checks: a refused resume leaves the run's config alone
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
     writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
                TensorboardXWriter(cfg.OUTPUT_DIR)] if rank == 0 else []
     knn = cfg.KNN.ENABLED and bool(cfg.DATA.VAL_ROOT)
@@ -86,6 +92,7 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         KNNMonitor(cfg, method.encoder, device) if knn else None,
         hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
         hooks.PeriodicWriter(writers, period=cfg.LOG_PERIOD) if writers else None,
+        CheckpointOnSignal(checkpointer),
         ProgressBar(cfg.SOLVER.BATCH_SIZE),
     ])
     return trainer

@@ -9,6 +9,8 @@ hung past DIST.TIMEOUT_S) stops this rank with a message instead of a traceback 
 """
 
 import logging
+import math
+import os
 import time
 
 import torch
@@ -18,6 +20,7 @@ from detectron2.engine import TrainerBase
 from ssl2det.detectron2_internals import quiet_training_exceptions
 from ssl2det.distributed import get_world_size, reduce_mean
 from ssl2det.errors import UserError
+from ssl2det.io import load_checkpoint_file
 
 from .optim import lr_at, scaled_lr
 
@@ -71,6 +74,9 @@ class PretrainTrainer(TrainerBase):
         # that the forward pass updated: buffers are copied before each forward pass.
         self._buffers = [b for b in method.buffers() if b.is_floating_point() or b.dim() == 0]
         self._buffer_backup = [b.clone() for b in self._buffers]
+        # what sane weights look like, to tell a NaN of exploded weights from a passing one
+        self._parameter_names = {name for name, _ in method.named_parameters()}
+        self.initial_weight_norm = weight_norm(method.state_dict(), self._parameter_names)
 
     def train(self, start_iter: int, max_iter: int):
         """TrainerBase's loop (hooks around every step); a failed collective becomes one clear
@@ -145,6 +151,27 @@ class PretrainTrainer(TrainerBase):
             dist.all_reduce(bad)
         return not bad.item()
 
+    def _advice_after_nonfinite(self) -> str:
+        """What to do next, judged by the last checkpoint: resuming from weights that have
+        already exploded (a far too high learning rate) would only fail again."""
+        folder = self.cfg.OUTPUT_DIR
+        last = os.path.join(folder, "last_checkpoint")
+        if not os.path.isfile(last):
+            return ("No checkpoint was written; start again with a lower SOLVER.BASE_LR or a "
+                    "longer SOLVER.WARMUP_EPOCHS.")
+        name = open(last).read().strip()
+        data = load_checkpoint_file(os.path.join(folder, name))
+        norm = weight_norm(data["model"], self._parameter_names)
+        start = self.initial_weight_norm
+        where = f"The last checkpoint, {name} (iteration {data.get('iteration')}), has weight norm "
+        if not math.isfinite(norm) or norm > 100 * start:
+            return (where + f"{norm:.3g}, {start:.3g} at initialisation: the weights have already "
+                    "exploded, so resuming from it would fail again. Start a new run (another "
+                    "OUTPUT_DIR, no --resume) with a lower SOLVER.BASE_LR or a longer "
+                    "SOLVER.WARMUP_EPOCHS.")
+        return (where + f"{norm:.3g} ({start:.3g} at initialisation): lower SOLVER.BASE_LR or "
+                "lengthen SOLVER.WARMUP_EPOCHS, then continue with --resume.")
+
     def _skip_step(self, losses):
         for backup, buffer in zip(self._buffer_backup, self._buffers):
             buffer.copy_(backup)
@@ -155,11 +182,16 @@ class PretrainTrainer(TrainerBase):
             raise NonFiniteLossError(
                 f"the loss was NaN/inf in {self.skipped_steps} steps (limit "
                 f"SOLVER.MAX_NONFINITE_SKIPS {limit}); last at iteration {self.iter}, terms "
-                f"{values}. The last good checkpoint is in {self.cfg.OUTPUT_DIR}; lower "
-                "SOLVER.BASE_LR or lengthen SOLVER.WARMUP_EPOCHS, then continue with --resume.")
+                f"{values}. {self._advice_after_nonfinite()}")
         logger.warning(f"iteration {self.iter}: non-finite loss (terms {values}); step skipped "
                        f"({self.skipped_steps} of at most {limit})")
         self.storage.put_scalars(skipped_steps=self.skipped_steps, smoothing_hint=False)
+
+
+def weight_norm(state: dict, names) -> float:
+    """The L2 norm of the tensors `names` (the parameters) of a state dict."""
+    norms = [v.detach().float().norm() for k, v in state.items() if k in names]
+    return torch.stack(norms).norm().item() if norms else 0.0
 
 
 def _mean_over_ranks(losses: dict) -> dict:
