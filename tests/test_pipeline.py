@@ -25,9 +25,9 @@ def _mini_voc(root):
     return root
 
 
-def _run(run_file):
-    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
-                            capture_output=True, text=True, timeout=1200, cwd=REPO)
+def _run(run_file, *flags):
+    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
+                             *flags], capture_output=True, text=True, timeout=1200, cwd=REPO)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result.stdout
 
@@ -89,6 +89,46 @@ def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
     assert "evaluate det from simclr ..." in third
     assert third.count("complete, skipped") == 2 + 2 + 3 + 3 - 2
     assert (run / "model_final.pth").is_file()
+
+    # The run file changes under finished stages (here what the evaluation draws): they are
+    # stale. Kept with --keep-stale, and the report says so; redone without it, the outputs of
+    # the old inputs moved aside.
+    spec["report"]["predictions"] = 1
+    run_file.write_text(yaml.safe_dump(spec))
+    kept = _run(run_file, "--keep-stale")
+    assert kept.count("STALE (its inputs changed since it ran)") == 3
+    assert "..." not in kept.replace("[pipeline 11/11] report", "")
+    assert "| det | simclr (STALE) |" in (out / "report.md").read_text()
+    redone = _run(run_file)
+    assert redone.count("its inputs changed since its outputs were made") == 3
+    assert redone.count("complete, skipped") == 2 + 2 + 3
+    for backbone in ("random", "simclr", "simclr_infocl_rc"):
+        assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 1
+        assert list((out / "evaluate/det").glob(f"{backbone}.stale-*/final_metrics.json"))
+    assert "STALE" not in (out / "report.md").read_text()
+
+
+def test_a_stage_is_stale_exactly_when_what_it_is_made_from_changed(tmp_path):
+    """The pipeline's records: a pretraining override that changes the results reaches every
+    stage built on that run, and only those; one that changes only how it runs (workers,
+    checkpoint period) reaches none."""
+    from transfer.pipeline import build_stages, fingerprints, load_spec
+
+    def hashes(overrides):
+        spec = {"output_dir": str(tmp_path / "run"),
+                "pretrain": [{"name": name, "config": "configs/demo/simclr_r50_small.yaml",
+                              "overrides": overrides if name == "a" else []}
+                             for name in ("a", "b")],
+                "probe": {"train_root": "x", "val_root": "y"},
+                "transfer": [{"name": "det", "config": "configs/demo/voc_raccoon_faster_rcnn.yaml"}]}
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+        return fingerprints(build_stages(load_spec(str(tmp_path / "run.yaml"))))
+
+    before = hashes([])
+    changed = {key for key, h in hashes(["SOLVER.MAX_ITER", "3"]).items() if h != before[key]}
+    assert changed == {("pretrain", "a"), ("convert", "a"), ("probe", "a"),
+                       ("finetune", "det", "a"), ("evaluate", "det", "a")}
+    assert hashes(["DATA.NUM_WORKERS", "1", "SOLVER.CHECKPOINT_PERIOD", "7"]) == before
 
 
 @pytest.mark.slow
