@@ -16,7 +16,7 @@ from conftest import REPO
 
 TRAIN_NET = [sys.executable, str(REPO / "tools/train_net.py")]
 PROTOCOL_CONFIGS = ["coco_mask_rcnn", "coco_mask_rcnn_c4_1x", "coco_mask_rcnn_fpn_1x",
-                    "coco_mask_rcnn_fpn_2x", "voc_faster_rcnn", "voc_semseg"]
+                    "coco_mask_rcnn_fpn_2x", "voc_faster_rcnn", "voc_semseg", "voc_semseg_fpn"]
 
 
 def _train_net(args, tmp_path, iterations=2):
@@ -50,20 +50,55 @@ def test_faster_rcnn_c4_on_registered_voc_data_reports_ap50(shared_data, tmp_pat
     assert 0 <= results["bbox"]["AP50"] <= 100 and "bbox/AP50" in out
 
 
-@pytest.mark.slow
-def test_semantic_head_on_labels_made_from_coco_polygons_reports_miou(shared_data, tmp_path):
-    coco = shared_data / "detectron2/coco"
+@pytest.fixture(scope="module")
+def coco_semseg_labels(shared_data, tmp_path_factory):
+    """Label PNGs made from the shared COCO polygons by tools/coco_to_semseg.py."""
+    labels = tmp_path_factory.mktemp("coco_semseg")
     for split in ("train2017", "val2017"):
         subprocess.run([sys.executable, str(REPO / "tools/coco_to_semseg.py"),
-                        str(coco / f"annotations/instances_{split}.json"),
-                        str(tmp_path / f"labels_{split}")], check=True, capture_output=True)
+                        str(shared_data / f"detectron2/coco/annotations/instances_{split}.json"),
+                        str(labels / split)], check=True, capture_output=True)
+    return labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["voc_semseg_cpu", "semseg_fpn_cpu"])
+def test_semantic_head_on_labels_made_from_coco_polygons_reports_miou(config, shared_data,
+                                                                     coco_semseg_labels, tmp_path):
+    coco = shared_data / "detectron2/coco"
     results, out = _train_net(
-        ["--config-file", str(REPO / "configs/cpu/semseg_fpn_cpu.yaml"),
-         "--register-semseg", "cs_train", str(coco / "train2017"), str(tmp_path / "labels_train2017"),
-         "--register-semseg", "cs_val", str(coco / "val2017"), str(tmp_path / "labels_val2017"),
+        ["--config-file", str(REPO / f"configs/cpu/{config}.yaml"),
+         "--register-semseg", "cs_train", str(coco / "train2017"), str(coco_semseg_labels / "train2017"),
+         "--register-semseg", "cs_val", str(coco / "val2017"), str(coco_semseg_labels / "val2017"),
          "DATASETS.TRAIN", '("cs_train",)', "DATASETS.TEST", '("cs_val",)',
          "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "81"], tmp_path / "run")
     assert 0 <= results["sem_seg"]["mIoU"] <= 100 and "sem_seg/mIoU" in out
+
+
+def test_semseg_training_images_are_scaled_then_cropped_to_the_crop_size(shared_data,
+                                                                          coco_semseg_labels):
+    """MoCo's protocol through the real training loader: every input is the 513 px crop (detectron2
+    alone would crop before resizing, and VOC-sized images would be trained whole), the image
+    scaled by 0.5-2.0 first, the label padded with the ignore value where the crop overhangs."""
+    from transfer.config import get_cfg
+    from transfer.data import register_semseg
+    from transfer.trainer import Trainer
+
+    coco = shared_data / "detectron2/coco"
+    if "cs_crop" not in __import__("detectron2.data").data.DatasetCatalog.list():
+        register_semseg("cs_crop", str(coco / "val2017"), str(coco_semseg_labels / "val2017"),
+                        ["background"] + ["c"] * 80)
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs/voc_semseg.yaml"))
+    cfg.merge_from_list(["DATASETS.TRAIN", '("cs_crop",)', "SOLVER.IMS_PER_BATCH", "4",
+                         "DATALOADER.NUM_WORKERS", "0", "INPUT.RANDOM_SCALE", "(0.25, 0.25)"])
+    batch = next(iter(Trainer.build_train_loader(cfg)))
+    for sample in batch:  # COCO-sized images at scale 0.25 (about 160 x 120): padded to 513
+        assert sample["image"].shape == (3, 513, 513) and sample["sem_seg"].shape == (513, 513)
+        h, w = round(sample["height"] * 0.25), round(sample["width"] * 0.25)
+        assert (sample["sem_seg"][h:, :] == 255).all() and (sample["sem_seg"][:, w:] == 255).all()
+        assert (sample["image"][:, h:, :] == round(sum(cfg.MODEL.PIXEL_MEAN) / 3)).all()
+    assert any((sample["sem_seg"][:100, :100] != 255).any() for sample in batch)
 
 
 def test_coco_to_semseg_labels_match_the_polygons(shared_data, tmp_path):
@@ -105,9 +140,7 @@ def test_semseg_mapper_reads_palette_png_indices_not_grey_levels(tmp_path):
 
 @pytest.mark.parametrize("name", PROTOCOL_CONFIGS)
 def test_protocol_configs_use_the_self_supervised_preprocessing(name):
-    from detectron2.config import get_cfg
-
-    import transfer.modeling  # noqa: F401
+    from transfer.config import get_cfg  # detectron2's keys and this project's
 
     cfg = get_cfg()
     cfg.merge_from_file(str(REPO / f"configs/{name}.yaml"))
@@ -167,3 +200,99 @@ def test_bad_arguments_get_a_clear_message(args, message, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _voc_model(num_classes):
+    from detectron2.modeling import build_model
+
+    import transfer.modeling  # noqa: F401  (registers the project's heads)
+    from transfer.config import adapt_to_machine, get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES = "cpu", num_classes
+    adapt_to_machine(cfg)
+    return build_model(cfg)
+
+
+@pytest.mark.slow
+def test_eval_only_refuses_weights_that_do_not_fit_and_fine_tuning_names_skipped_shapes(
+        tmp_path, caplog):
+    from transfer.checkpoint import TransferCheckpointer
+
+    TransferCheckpointer(_voc_model(1), str(tmp_path)).save("model_final")
+    result = subprocess.run(TRAIN_NET + [
+        "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"), "--eval-only",
+        "--register-voc", "raccoon_test", str(REPO / "datasets/raccoon_small"), "test",
+        "--voc-classes", "a,b,c", "DATASETS.TEST", '("raccoon_test",)',
+        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
+        "OUTPUT_DIR", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "does not fit this model" in result.stderr
+    assert "roi_heads.box_predictor.cls_score.weight (2, 2048) vs (4, 2048)" in result.stderr
+
+    # fine-tuning from the same weights: the new head is expected, and named, not hidden
+    with caplog.at_level(logging.INFO):
+        TransferCheckpointer(_voc_model(3)).load(str(tmp_path / "model_final.pth"))
+    assert "were NOT loaded, their shapes differ" in caplog.text
+    assert "roi_heads.box_predictor.cls_score.weight (2, 2048) vs (4, 2048)" in caplog.text
+
+
+@pytest.mark.slow
+def test_fewer_processes_than_the_protocol_are_said_out_loud(tmp_path):
+    """A protocol config for 2 GPUs on one process: detectron2 rescales batch, lr and schedule;
+    precise BN is rescaled too, the config run is written out, final_metrics.json records world
+    size and batch, and one warning says what differs (images per batch-norm step)."""
+    voc = tmp_path / "voc"
+    (voc / "ImageSets/Main").mkdir(parents=True)
+    for sub in ("Annotations", "JPEGImages"):
+        (voc / sub).symlink_to(REPO / "datasets/raccoon_small" / sub)
+    ids = (REPO / "datasets/raccoon_small/ImageSets/Main/test.txt").read_text().split()
+    (voc / "ImageSets/Main/test.txt").write_text("\n".join(ids[:4]) + "\n")
+    out = tmp_path / "run"
+    result = subprocess.run(TRAIN_NET + [
+        "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
+        "--register-voc", "raccoon_train", str(REPO / "datasets/raccoon_small"), "train",
+        "--register-voc", "mini_test", str(voc), "test", "--voc-classes", "raccoon",
+        "DATASETS.TRAIN", '("raccoon_train",)', "DATASETS.TEST", '("mini_test",)',
+        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "SOLVER.REFERENCE_WORLD_SIZE", "2",
+        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()",
+        "TEST.PRECISE_BN.NUM_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST",
+        "128", "INPUT.MAX_SIZE_TEST", "160", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+        "OUTPUT_DIR", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    from transfer.config import get_cfg
+
+    effective = get_cfg()
+    effective.merge_from_file(str(out / "config_effective.yaml"))
+    assert (effective.SOLVER.IMS_PER_BATCH, effective.SOLVER.MAX_ITER,
+            effective.TEST.PRECISE_BN.NUM_ITER) == (2, 2, 2)
+    run = json.loads((out / "final_metrics.json").read_text())["run"]
+    assert run == {"world_size": 1, "ims_per_batch": 2, "images_per_process": 2.0,
+                   "reference_world_size": 2}
+    assert "batch norm sees 2 images per step instead of 4" in result.stdout + result.stderr
+
+
+def test_voc_semseg_is_mocos_protocol_value_for_value():
+    """configs/voc_semseg.yaml against MoCo's appendix (PASCAL VOC semantic segmentation)."""
+    from transfer.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs/voc_semseg.yaml"))
+    m, head = cfg.MODEL, cfg.MODEL.SEM_SEG_HEAD
+    assert (m.META_ARCHITECTURE, m.BACKBONE.NAME, m.RESNETS.DEPTH, m.RESNETS.RES5_DILATION,
+            m.RESNETS.OUT_FEATURES) == ("SemanticSegmentor", "build_resnet_backbone", 50, 2,
+                                        ["res5"])
+    assert (head.NAME, head.IN_FEATURES, head.CONVS_DIM, head.DILATION, head.NORM,
+            head.COMMON_STRIDE, head.NUM_CLASSES, head.IGNORE_VALUE) == (
+        "FCNHead", ["res5"], 256, 6, "SyncBN", 16, 21, 255)
+    assert cfg.DATASETS.TRAIN == ("voc_2012_sem_seg_train_aug",)
+    assert cfg.DATASETS.TEST == ("voc_2012_sem_seg_val",)
+    assert tuple(cfg.INPUT.RANDOM_SCALE) == (0.5, 2.0) and cfg.INPUT.RANDOM_FLIP == "horizontal"
+    assert cfg.INPUT.CROP.ENABLED and tuple(cfg.INPUT.CROP.SIZE) == (513, 513)
+    assert cfg.INPUT.MIN_SIZE_TEST == 0  # inference at the original size
+    s = cfg.SOLVER
+    assert (s.IMS_PER_BATCH, s.BASE_LR, s.WEIGHT_DECAY, s.MAX_ITER, tuple(s.STEPS), s.GAMMA,
+            s.WARMUP_ITERS) == (16, 0.003, 0.0001, 30000, (21000, 27000), 0.1, 0)

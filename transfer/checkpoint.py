@@ -13,8 +13,9 @@ class TransferCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
     """Saves atomically; loads safely (.pth with weights_only=True, .pkl only if it holds nothing
     but arrays), and a damaged newest checkpoint makes --resume fall back to the previous one
     (AtomicSaveMixin). Says which missing parameters are expected (new heads) and which mean a
-    broken conversion (backbone), instead of detectron2's undifferentiated warning. Continuing a
-    run (--resume), the checkpoint must fit the model entirely."""
+    broken conversion (backbone), and names tensors skipped for their shape, instead of
+    detectron2's undifferentiated warning. Continuing a run (--resume) or evaluating a trained
+    model (`complete`), the checkpoint must fit the model entirely."""
 
     def _load_file(self, filename):
         if not os.path.isfile(filename):  # URLs, detectron2:// and other schemes
@@ -25,17 +26,33 @@ class TransferCheckpointer(AtomicSaveMixin, DetectionCheckpointer):
         loaded = load_checkpoint_file(filename)
         return loaded if "model" in loaded else {"model": loaded}
 
+    def __init__(self, *args, complete: bool = False, **kwargs):
+        """complete: the weights must fill the model entirely (a trained model evaluated with
+        --eval-only): a missing, unexpected or differently shaped tensor is an error."""
+        super().__init__(*args, **kwargs)
+        self.complete = complete
+
     def _log_incompatible_keys(self, incompatible):
-        if self.resuming and (incompatible.missing_keys or incompatible.incorrect_shapes):
-            wrong = [f"{k} {tuple(saved)} vs {tuple(model)}"
-                     for k, saved, model in incompatible.incorrect_shapes]
-            raise CheckpointError(
-                "--resume found a checkpoint that does not fit this model: "
-                + "; ".join(([f"missing {', '.join(incompatible.missing_keys[:5])}"]
-                             if incompatible.missing_keys else [])
-                            + ([f"shapes {', '.join(wrong[:5])}"] if wrong else []))
-                + ". The config changed (classes, depth, heads); use that run's config or a new "
-                "OUTPUT_DIR.")
+        wrong = [f"{k} {tuple(saved)} vs {tuple(model)}"
+                 for k, saved, model in incompatible.incorrect_shapes]
+        if self.complete or self.resuming:
+            problems = ([f"missing {', '.join(incompatible.missing_keys[:8])}"]
+                        if incompatible.missing_keys else []) + (
+                [f"unexpected {', '.join(incompatible.unexpected_keys[:8])}"]
+                if self.complete and incompatible.unexpected_keys else []) + (
+                [f"other shapes: {'; '.join(wrong[:8])}"] if wrong else [])
+            if problems:
+                fix = ("--resume continues a run: use that run's config, or a new OUTPUT_DIR."
+                       if self.resuming else "A trained model must load completely: use the "
+                       "config it was trained with.")
+                raise CheckpointError(f"the checkpoint does not fit this model (the config "
+                                      f"differs: classes, depth, heads): {' | '.join(problems)}. "
+                                      + fix)
+        if wrong:
+            self.logger.warning(
+                f"{len(wrong)} tensors of the weights were NOT loaded, their shapes differ from "
+                f"the model's: {'; '.join(wrong[:5])}. Expected for a head with another number "
+                "of classes; otherwise the config and the weights do not match.")
         backbone = [k for k in incompatible.missing_keys
                     if k.startswith("backbone.") or (k.startswith("roi_heads.res5.")
                                                      and not k.startswith("roi_heads.res5.norm"))]

@@ -37,6 +37,11 @@ def add_transfer_config(cfg):
     # An unreadable training image: "skip" (warn, list in OUTPUT_DIR/bad_images.txt, map another
     # image) or "error". Ours; detectron2 itself stops with a traceback.
     cfg.DATALOADER.BAD_IMAGES = "skip"
+    # Semantic segmentation: scale each training image by a factor from this (min, max) range
+    # before the crop (MoCo's VOC protocol: (0.5, 2.0)); empty: detectron2's shortest-edge resize.
+    cfg.INPUT.RANDOM_SCALE = ()
+    # The FCN head's dilation (transfer/modeling.py; MoCo: 6).
+    cfg.MODEL.SEM_SEG_HEAD.DILATION = 6
 
 
 def get_cfg():
@@ -113,7 +118,7 @@ def setup(args):
         raise ConfigError(f"MODEL.WEIGHTS {weights} does not exist. Convert a pretraining "
                           "checkpoint with tools/convert_to_d2.py, or pass MODEL.WEIGHTS '' to "
                           "start from random weights.")
-    check_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
+    check_datasets([*(() if args.eval_only else cfg.DATASETS.TRAIN), *cfg.DATASETS.TEST])
     changes = adapt_to_machine(cfg)
     cfg.freeze()
     if comm.is_main_process():  # one run per folder: a second one stops before it writes

@@ -55,19 +55,34 @@ def register_semseg(name, image_dir, label_dir, classes, ignore_label=255, image
                                   sem_seg_root=label_dir)
 
 
+#: The VOC 2012 segmentation sets: (image list under ImageSets/Segmentation, label folder).
+#: train_aug is VOC 2012 train plus SBD's extra annotations (10,582 images), in the
+#: "SegmentationClassAug" layout DeepLab made common: one label PNG of class indices per image.
+VOC_SEMSEG_SPLITS = {"train": ("train.txt", "SegmentationClass"),
+                     "val": ("val.txt", "SegmentationClass"),
+                     "train_aug": ("train_aug.txt", "SegmentationClassAug")}
+
+
 def _load_voc_semseg(voc_dir, split):
-    ids = open(os.path.join(voc_dir, "ImageSets/Segmentation", f"{split}.txt")).read().split()
+    image_list, labels = VOC_SEMSEG_SPLITS[split]
+    path = os.path.join(voc_dir, "ImageSets/Segmentation", image_list)
+    if not os.path.isfile(path):
+        raise ConfigError(f"voc_2012_sem_seg_{split}: {path} does not exist; expected "
+                          f"VOC2012/ImageSets/Segmentation/{image_list} and VOC2012/{labels}/ "
+                          "(docs/transfer.md, semantic segmentation)")
+    ids = open(path).read().split()
     return [{"file_name": os.path.join(voc_dir, "JPEGImages", f"{i}.jpg"),
-             "sem_seg_file_name": os.path.join(voc_dir, "SegmentationClass", f"{i}.png"),
+             "sem_seg_file_name": os.path.join(voc_dir, labels, f"{i}.png"),
              "image_id": i} for i in ids]
 
 
 def register_builtin_voc_semseg(root=None):
-    """voc_2012_sem_seg_{train,val}: DETECTRON2_DATASETS/VOC2012 in VOC's SegmentationClass
-    layout (21 classes with background, 255 = boundary/ignore)."""
+    """voc_2012_sem_seg_{train,val,train_aug} under DETECTRON2_DATASETS/VOC2012 (21 classes
+    with background, 255 = boundary / ignore): VOC's SegmentationClass for train and val, SBD's
+    labels in SegmentationClassAug for train_aug (VOC_SEMSEG_SPLITS)."""
     root = root or os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     voc_dir = os.path.join(root, "VOC2012")
-    for split in ("train", "val"):
+    for split in VOC_SEMSEG_SPLITS:
         name = f"voc_2012_sem_seg_{split}"
         if name in DatasetCatalog.list():
             continue
@@ -126,13 +141,72 @@ class SkipUnreadableImages(torch.utils.data.Dataset):
         raise DatasetError("no image of the training set can be used; see the warnings above")
 
 
-class SemSegDatasetMapper(DatasetMapper):
-    """DatasetMapper for semantic segmentation that reads label PNGs as stored.
+class RandomScale(T.Augmentation):
+    """Resize by a factor drawn uniformly from [min_scale, max_scale] (the image's own size
+    times the factor; detectron2's ResizeScale instead fits the image into a scaled target
+    box). Labels are resized with nearest neighbours."""
 
-    detectron2's mapper converts label images with PIL's convert("L"), which turns palette PNGs
-    (VOC's SegmentationClass) into grey levels instead of class indices; here the indices are
-    read as they are.
-    """
+    def __init__(self, min_scale: float, max_scale: float):
+        super().__init__()
+        self.min_scale, self.max_scale = min_scale, max_scale
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        scale = np.random.uniform(self.min_scale, self.max_scale)
+        return T.ResizeTransform(h, w, max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+class CropWithPad(T.Augmentation):
+    """A random crop of `size` (h, w); an image smaller than that is padded at the bottom and
+    right, the image with `pad_value` and the label with `ignore_value` (detectron2's
+    FixedSizeCrop pads the label with 0, which is a class)."""
+
+    def __init__(self, size, pad_value: float, ignore_value: int):
+        super().__init__()
+        self.size, self.pad_value, self.ignore_value = tuple(size), pad_value, ignore_value
+
+    def get_transform(self, image):
+        (h, w), (ch, cw) = image.shape[:2], self.size
+        top, left = np.random.randint(0, max(h - ch, 0) + 1), np.random.randint(0, max(w - cw, 0) + 1)
+        crop_h, crop_w = min(ch, h), min(cw, w)
+        return T.TransformList([
+            T.CropTransform(left, top, crop_w, crop_h),
+            T.PadTransform(0, 0, cw - crop_w, ch - crop_h, crop_w, crop_h,
+                           pad_value=self.pad_value, seg_pad_value=self.ignore_value)])
+
+
+def semseg_train_augmentations(cfg) -> list:
+    """Scale (INPUT.RANDOM_SCALE (min, max), ours; without it detectron2's shortest-edge resize
+    from INPUT.MIN_SIZE_TRAIN), flip, then crop to INPUT.CROP.SIZE with padding (if
+    INPUT.CROP.ENABLED): MoCo's VOC protocol is scale 0.5-2.0, crop 513, flip."""
+    scale = cfg.INPUT.get("RANDOM_SCALE", ())  # ours: absent from a plain detectron2 config
+    augmentations = [RandomScale(*scale) if scale else T.ResizeShortestEdge(
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augmentations.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                          vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
+    if cfg.INPUT.CROP.ENABLED:  # last: the padding is always at the bottom and right
+        if cfg.INPUT.CROP.TYPE != "absolute":
+            raise ConfigError(f"semantic segmentation crops a fixed size: INPUT.CROP.TYPE "
+                              f"absolute, not {cfg.INPUT.CROP.TYPE!r}")
+        augmentations.append(CropWithPad(cfg.INPUT.CROP.SIZE, round(float(np.mean(
+            cfg.MODEL.PIXEL_MEAN))), cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE))
+    return augmentations
+
+
+class SemSegDatasetMapper(DatasetMapper):
+    """DatasetMapper for semantic segmentation: training images are scaled, then cropped
+    (semseg_train_augmentations; detectron2's mapper would crop before resizing, so with VOC's
+    small images the crop never happens), and label PNGs are read as stored: detectron2's mapper
+    converts them with PIL's convert("L"), which turns palette PNGs (VOC's SegmentationClass)
+    into grey levels instead of class indices."""
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        args = super().from_config(cfg, is_train)
+        if is_train:
+            args["augmentations"] = semseg_train_augmentations(cfg)
+        return args
 
     def __call__(self, dataset_dict):
         d = copy.deepcopy(dataset_dict)

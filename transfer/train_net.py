@@ -63,7 +63,7 @@ def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        TransferCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        TransferCheckpointer(model, save_dir=cfg.OUTPUT_DIR, complete=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if args.save_predictions and comm.is_main_process():

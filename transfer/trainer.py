@@ -2,20 +2,39 @@
 semantic-segmentation mapper, the bad-image policy in the training loader, and the project's
 checkpointer, all through DefaultTrainer's public extension points."""
 
+import logging
+import math
 import os
 
 from detectron2.data import (DatasetFromList, DatasetMapper, MetadataCatalog,
                              build_detection_test_loader, build_detection_train_loader)
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, SemSegEvaluator
+from detectron2.utils import comm
 
 from ssl2det.detectron2_internals import quiet_training_exceptions, train_loader_arguments
 from ssl2det.errors import ConfigError, UserError
+from ssl2det.io import atomic_write
 from ssl2det.preemption import CheckpointOnSignal
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .checkpoint import TransferCheckpointer
 from .data import SemSegDatasetMapper, SkipUnreadableImages
+
+logger = logging.getLogger("transfer")
+
+
+def protocol_difference(protocol, effective, world: int) -> str:
+    """How a run on `world` processes differs from the protocol's REFERENCE_WORLD_SIZE."""
+    reference, batch = protocol.SOLVER.REFERENCE_WORLD_SIZE, effective.SOLVER.IMS_PER_BATCH
+    synced = world > 1 and effective.MODEL.RESNETS.NORM in ("SyncBN", "naiveSyncBN")
+    return (f"this run differs from the protocol: {world} processes instead of "
+            f"{reference}. detectron2 rescaled batch {protocol.SOLVER.IMS_PER_BATCH} -> {batch}, "
+            f"lr {protocol.SOLVER.BASE_LR:g} -> {effective.SOLVER.BASE_LR:g}, iterations "
+            f"{protocol.SOLVER.MAX_ITER} -> {effective.SOLVER.MAX_ITER} (all in "
+            f"config_effective.yaml), {batch // world} images per process as in the protocol; "
+            f"but batch norm sees {batch if synced else batch // world} images per step instead "
+            f"of {protocol.SOLVER.IMS_PER_BATCH}, so results may differ from the published ones.")
 
 
 def _is_user_error(error: BaseException) -> bool:
@@ -24,7 +43,27 @@ def _is_user_error(error: BaseException) -> bool:
 
 class Trainer(DefaultTrainer):
     """`eval_results` holds the results of the evaluation at the end of training ({} if the
-    config has no DATASETS.TEST)."""
+    config has no DATASETS.TEST).
+
+    With fewer processes than SOLVER.REFERENCE_WORLD_SIZE, detectron2 rescales batch, learning
+    rate and schedule; this trainer also rescales precise BN's iterations (so that it sees as
+    many images), writes the config actually run to OUTPUT_DIR/config_effective.yaml, and says
+    in one warning how the run differs from the protocol."""
+
+    def __init__(self, cfg):
+        world, reference = comm.get_world_size(), cfg.SOLVER.REFERENCE_WORLD_SIZE
+        if reference and reference != world:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.TEST.PRECISE_BN.NUM_ITER = math.ceil(cfg.TEST.PRECISE_BN.NUM_ITER * reference / world)
+            cfg.freeze()
+        super().__init__(cfg)  # rescales with REFERENCE_WORLD_SIZE (DefaultTrainer.auto_scale_workers)
+        if comm.is_main_process():
+            text = self.cfg.dump()
+            atomic_write(os.path.join(self.cfg.OUTPUT_DIR, "config_effective.yaml"),
+                         lambda f: f.write(text.encode()))
+            if reference and reference != world:
+                logger.warning(protocol_difference(cfg, self.cfg, world))
 
     def build_hooks(self):
         # DefaultTrainer made a plain DetectionCheckpointer just before calling this; the hooks
