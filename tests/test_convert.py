@@ -117,6 +117,28 @@ def test_moco_layout_picks_online_or_momentum_encoder(tmp_path):
         _assert_same_features(model, out, depth=18)
 
 
+def test_pycontrast_layout_takes_model_ema_with_ema_and_the_tool_names_resnet18_keys(tmp_path):
+    """PyContrast keeps the EMA model whole, as a top-level `model_ema` with the online model's
+    key names; the converter's hint for basic-block ResNets names every key they need."""
+    torch.manual_seed(0)
+    online, ema = _randomise_bn(torchvision.models.resnet18(), 1), _randomise_bn(
+        torchvision.models.resnet18(), 2)
+    torch.save({"model": {f"module.encoder.{n}": v for n, v in online.state_dict().items()},
+                "model_ema": {f"module.encoder.{n}": v for n, v in ema.state_dict().items()},
+                "epoch": 800}, tmp_path / "pycontrast.pth")
+    for use_ema, model in ((False, online), (True, ema)):
+        conversion = convert_checkpoint(str(tmp_path / "pycontrast.pth"), ema=use_ema)
+        assert ("model_ema" in conversion.source) is use_ema
+        save_detectron2_weights(conversion, str(tmp_path / f"pc_{use_ema}.pkl"))
+        _assert_same_features(model, tmp_path / f"pc_{use_ema}.pkl", depth=18)
+    result = subprocess.run([sys.executable, str(REPO / "tools/convert_to_d2.py"), "--ema",
+                             str(tmp_path / "pycontrast.pth"), str(tmp_path / "tool.pkl")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64" in result.stdout
+    assert "no C4" in result.stdout
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

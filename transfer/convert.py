@@ -1,8 +1,8 @@
 """Convert a pretraining checkpoint (this project's, a torchvision ResNet state dict, or a common
-third-party layout) into detectron2's weight format (`python -m transfer.convert IN OUT`,
-tools/convert_to_d2.py).
+third-party layout: MoCo, BYOL, PyContrast with its `model_ema`) into detectron2's weight format
+(`python -m transfer.convert IN OUT`, tools/convert_to_d2.py).
 
-Rules (../shared/docs/reference.md): strip the wrapper prefix; drop fc / projector / predictor /
+Rules (detectron2's ResNet names, as MoCo's converter maps them): strip the wrapper prefix; drop fc / projector / predictor /
 decoder keys; `conv1` -> `stem.conv1`, `bn1` -> `stem.conv1.norm`, `layerN` -> `res{N+1}`,
 `bnK` -> `convK.norm`, `downsample.0` -> `shortcut`, `downsample.1` -> `shortcut.norm`. The
 result is detectron2's pickle `{"model": {name: ndarray}, "__author__", "matching_heuristics"}`,
@@ -57,21 +57,23 @@ class Conversion:
                 f"{len(self.weights)} tensors mapped; dropped: {dropped}")
 
 
-def load_state_dict(path: str) -> tuple:
-    """(state dict, layout name, whether it is this project's) from a checkpoint file, loaded
-    with weights_only=True."""
+def load_state_dict(path: str, ema: bool = False) -> tuple:
+    """(state dict, layout name, whether it is this project's, whether it is already the EMA
+    model) from a checkpoint file, loaded with weights_only=True."""
     try:
         data = load_checkpoint_file(path)
     except CheckpointError as e:
         raise ConversionError(str(e)) from None
     meta = saved_meta(data)
     if meta.get("format") == FORMAT:
-        return data["model"], f"ssl2det {meta.get('method')} checkpoint", True
+        return data["model"], f"ssl2det {meta.get('method')} checkpoint", True, False
+    if ema and isinstance(data.get("model_ema"), dict):  # PyContrast keeps its EMA model whole
+        return data["model_ema"], "PyContrast checkpoint, its 'model_ema'", False, True
     for key, layout in (("state_dict", "checkpoint with 'state_dict'"), ("model", "checkpoint "
                         "with 'model'"), ("online_network", "BYOL-style checkpoint")):
         if isinstance(data.get(key), dict):
-            return data[key], layout, False
-    return data, "plain state dict", False
+            return data[key], layout, False, False
+    return data, "plain state dict", False, False
 
 
 def _candidate_prefixes(state):
@@ -163,8 +165,17 @@ def convert_state_dict(state, ema=False, source="state dict", ours=False) -> Con
 
 
 def convert_checkpoint(path: str, ema: bool = False) -> Conversion:
-    state, layout, ours = load_state_dict(path)
-    return convert_state_dict(state, ema, layout, ours)
+    state, layout, ours, ema_taken = load_state_dict(path, ema)
+    return convert_state_dict(state, ema and not ema_taken, layout, ours)
+
+
+def finetune_keys(arch: str) -> str:
+    """The config keys a converted backbone of `arch` needs in stage two."""
+    depth = arch.removeprefix("resnet")
+    if arch in ("resnet18", "resnet34"):
+        return (f"MODEL.RESNETS.DEPTH {depth} MODEL.RESNETS.RES2_OUT_CHANNELS 64, with an FPN "
+                "config: detectron2's basic-block ResNets have no C4 (res5) ROI head")
+    return f"MODEL.RESNETS.DEPTH {depth}"
 
 
 def save_detectron2_weights(conversion: Conversion, path: str) -> None:
@@ -194,7 +205,7 @@ def main(argv=None, description=__doc__):
     save_detectron2_weights(conversion, args.output)
     print(conversion.summary())
     print(f"wrote {args.output}; fine-tune with MODEL.WEIGHTS {args.output} "
-          f"(MODEL.RESNETS.DEPTH {conversion.arch.removeprefix('resnet')})")
+          f"({finetune_keys(conversion.arch)})")
     return 0
 
 
