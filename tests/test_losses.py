@@ -135,3 +135,32 @@ def test_sampler_ranks_partition_the_single_process_batches():
     stream = list(itertools.islice(one, 2 + 12 + 1))
     assert stream[:2] == full[10:] and stream[2:14] == list(one.epoch_batches(6))
     assert stream[14] == next(one.epoch_batches(7))
+
+
+def test_every_loss_computes_in_float32_under_bf16_autocast():
+    """Called inside bf16 autocast, as the engine calls them, the losses return float32 values
+    equal to their value outside autocast (a float32 `@` under autocast would be bfloat16)."""
+    from pretrain import losses
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2, p = (torch.randn(16, 32, generator=g) for _ in range(3))
+    queue = torch.nn.functional.normalize(torch.randn(64, 32, generator=g), dim=1)
+    q, k = (torch.nn.functional.normalize(t, dim=1) for t in (z1, z2))
+    std = torch.rand(16, 32, generator=g) + 0.1
+    image, target = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    calls = {
+        "nt_xent": lambda: losses.nt_xent(z1, z2, 0.1),
+        "barlow_twins": lambda: losses.barlow_twins(z1, z2, 0.0051),
+        "barlow_twins (InfoCL form)": lambda: losses.barlow_twins(z1, z2, 0.01, True, True),
+        "negative_cosine": lambda: losses.negative_cosine(p, z2),
+        "info_nce_with_queue": lambda: losses.info_nce_with_queue(q, k, queue, 0.2),
+        "lbe_bound": lambda: losses.lbe_bound(z1 + 0.1 * z2, z1, 0.05),
+        "gaussian_kl": lambda: losses.gaussian_kl(z1, std, z2, std * 2),
+        "reconstruction_mse": lambda: losses.reconstruction_mse(image, target),
+    }
+    for name, call in calls.items():
+        plain = call()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = call()
+        assert mixed.dtype == torch.float32, name
+        assert torch.allclose(mixed, plain, rtol=1e-6, atol=1e-7), (name, mixed, plain)
