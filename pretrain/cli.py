@@ -2,7 +2,7 @@
 process of a multi-process run executes (started by pretrain/launch.py through torchrun, or by
 srun under SLURM).
 
-    python -m pretrain --config-file configs/pretrain/simclr_r18_cifar.yaml \
+    python -m pretrain --config-file configs/pretrain/infocl_cifar10_simclr.yaml \
         DATA.ROOT path/to/train DATA.VAL_ROOT path/to/test OUTPUT_DIR output/simclr
     python -m pretrain --config-file ... --resume      # continue the run in OUTPUT_DIR
 

@@ -49,16 +49,27 @@ _C.INPUT.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation
 _C.INPUT.COLOR_JITTER_PROB = 0.8
 _C.INPUT.GRAYSCALE_PROB = 0.2
 _C.INPUT.BLUR_PROB = 0.5  # 0 for 32 px images (SimCLR's CIFAR recipe)
+# Per view (view 1, view 2), overriding BLUR_PROB and the default of no solarisation: BYOL's
+# asymmetric views are blur (1.0, 0.1), solarise (0.0, 0.2). Empty: the same for both views.
+_C.INPUT.VIEW_BLUR_PROB = ()
+_C.INPUT.VIEW_SOLARIZE_PROB = ()
 # Colour jitter, grayscale, blur and normalisation batched on the training device instead of in
 # the loader workers (which then only decode, crop and flip): for GPUs the CPUs cannot feed.
 # simclr recipe only. Its small differences are listed in pretrain/data/device_augment.py.
 _C.INPUT.AUGMENT_ON_DEVICE = False
 _C.INPUT.MEAN = (0.485, 0.456, 0.406)  # torchvision's; the detectron2 configs use the same
 _C.INPUT.STD = (0.229, 0.224, 0.225)
+# The frozen-encoder evaluation (kNN monitor, linear probe): image side and normalisation, when
+# they differ from training (InfoCL's STL-10: pretrained at 64 px with 0.5 / 0.5, evaluated at
+# 96 px with STL-10's statistics). 0 / empty: as in training.
+_C.INPUT.EVAL_SIZE = 0
+_C.INPUT.EVAL_MEAN = ()
+_C.INPUT.EVAL_STD = ()
 
 _C.MODEL = CN()
 _C.MODEL.ARCH = "resnet50"  # "resnet18" or "resnet50" (torchvision)
-_C.MODEL.CIFAR_STEM = False  # 3x3 stride-1 first conv, no max-pool (for 32-64 px images)
+_C.MODEL.CIFAR_STEM = False  # 3x3 first conv, no max-pool (for 32-64 px images)
+_C.MODEL.STEM_STRIDE = 1  # that conv's stride: 1 (CIFAR), 2 (InfoCL's STL-10 at 64 px)
 _C.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cpu"
 _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
 _C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
@@ -91,7 +102,15 @@ _C.SOLVER.FUSED = True
 # Biases and norm-layer parameters: no weight decay and no LARS adaptation (SimCLR/BYOL recipe)
 _C.SOLVER.EXCLUDE_BIAS_AND_NORM = True
 _C.SOLVER.WARMUP_EPOCHS = 10.0
+# After the warm-up: "cosine" (step by step), "cosine_per_epoch" (changed once per epoch, as
+# InfoCL's LARS runs), "constant" (InfoCL's Adam runs)
+_C.SOLVER.LR_SCHEDULE = "cosine"
 _C.SOLVER.FINAL_LR_FRACTION = 0.0  # cosine decays to BASE_LR * this
+# LARS's momentum: "torch" (v = m v + d; w -= lr v) or "classic" (v = m v + lr d; w -= v: SimCLR's
+# TensorFlow LARS, InfoCL's copy of it); they differ only while the learning rate changes
+_C.SOLVER.LARS_MOMENTUM = "torch"
+# Biases and norm-layer parameters learn at BASE_LR times this (Barlow Twins: 0.0048 / 0.2)
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
 _C.SOLVER.EPOCHS = 200
 _C.SOLVER.MAX_ITER = 0  # > 0 caps the total iterations (smoke runs); the schedule follows it
 _C.SOLVER.BATCH_SIZE = 256  # global, over all ranks
@@ -197,6 +216,8 @@ _CHOICES = {
     "DATA.BAD_IMAGES": ("skip", "error"),
     "SOLVER.OPTIMIZER": ("lars", "sgd", "adam", "adamw"),
     "SOLVER.LR_SCALING": ("linear", "sqrt", "none"),
+    "SOLVER.LR_SCHEDULE": ("cosine", "cosine_per_epoch", "constant"),
+    "SOLVER.LARS_MOMENTUM": ("torch", "classic"),
     "SOLVER.AMP.DTYPE": ("bfloat16", "float16"),
 }
 
@@ -218,6 +239,10 @@ def validate(cfg):
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"INPUT.CROP_SCALE {scale} must be (smallest, largest) area fractions "
                           "with 0 < smallest <= largest <= 1, e.g. (0.08, 1.0)")
+    for key in ("INPUT.VIEW_BLUR_PROB", "INPUT.VIEW_SOLARIZE_PROB"):
+        if len(get_key(cfg, key)) not in (0, 2):
+            raise ConfigError(f"{key} {get_key(cfg, key)} needs one probability per view, two, "
+                              "or none")
     if cfg.INPUT.AUGMENT_ON_DEVICE and cfg.INPUT.AUGMENTATION != "simclr":
         raise ConfigError("INPUT.AUGMENT_ON_DEVICE supports INPUT.AUGMENTATION simclr only; "
                           f"got {cfg.INPUT.AUGMENTATION!r}")

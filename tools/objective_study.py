@@ -4,12 +4,13 @@ of its frozen encoder (and of a random encoder), as a Markdown table and JSON.
 
     python tools/objective_study.py --out output/study --epochs 2 --batch-size 128 \
         --train-root ../shared/data/cifar10-small/train --val-root ../shared/data/cifar10-small/test \
-        configs/pretrain/simclr_r18_cifar.yaml configs/pretrain/infocl_rc_simclr_r18_cifar.yaml ...
+        configs/pretrain/infocl_cifar10_simclr.yaml configs/pretrain/infocl_cifar10_simclr_rc.yaml ...
 
 A pipeline (transfer/pipeline.py) of pretraining and probe stages: every run gets the same data,
 epochs, batch size and seed; re-running continues unfinished runs and skips finished ones. The
-probe is the one of `python -m pretrain.eval probe` (precomputed features, SGD lr 0.01, last
-epoch). Writes OUT/study.yaml (the run file), OUT/results.{md,json} and OUT/report.{md,html}.
+probe is the one of `python -m pretrain.eval probe` (precomputed features, SGD lr 0.01; the last
+and the best epoch). Writes OUT/study.yaml (the run file), OUT/results.{md,json} and
+OUT/report.{md,html}.
 """
 
 import argparse
@@ -33,6 +34,7 @@ def study_run_file(args) -> dict:
                           "overrides": common} for c in args.configs],
             "probe": {"train_root": args.train_root, "val_root": args.val_root,
                       "linear_epochs": args.linear_epochs, "baseline": True,
+                      "linear_protocol": args.linear_protocol,
                       "overrides": ["DATA.NUM_WORKERS", args.workers]}}
 
 
@@ -47,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--linear-epochs", type=int, default=100)
+    parser.add_argument("--linear-protocol", choices=("ours", "infocl"), default="ours",
+                        help="the linear probe's protocol (pretrain/eval/linear.py)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

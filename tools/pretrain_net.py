@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Self-supervised pretraining of a ResNet encoder (stage one), in one process.
 
-    python tools/pretrain_net.py --config-file configs/pretrain/simclr_r18_cifar.yaml \
+    python tools/pretrain_net.py --config-file configs/pretrain/infocl_cifar10_simclr.yaml \
         DATA.ROOT path/to/train DATA.VAL_ROOT path/to/test OUTPUT_DIR output/simclr
     python tools/pretrain_net.py --config-file ... --resume      # continue the run in OUTPUT_DIR
 

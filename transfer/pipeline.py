@@ -10,7 +10,8 @@ A run is one YAML file (see configs/pipeline/demo.yaml):
     pretrain:                         # one entry per pretraining run
       - {name: simclr, config: configs/..., overrides: [KEY, VALUE, ...]}
     probe:                            # optional: kNN + linear probe of each run's frozen encoder
-      {train_root: DIR, val_root: DIR, linear_epochs: 100, baseline: true, overrides: [...]}
+      {train_root: DIR, val_root: DIR, linear_epochs: 100, linear_protocol: ours,
+       baseline: true, overrides: [...]}
     transfer:                         # one entry per downstream task
       - {name: voc, config: configs/..., overrides: [...], backbones: [random, simclr]}
     launch: {num_gpus: 8}             # GPUs per stage (default: one process, GPU or CPU)
@@ -75,6 +76,7 @@ class ProbeSettings:
     val_root: str
     linear_epochs: int = 100
     baseline: bool = True  # also probe a randomly initialised encoder (named RANDOM)
+    linear_protocol: str = "ours"  # or "infocl" (pretrain/eval/linear.py)
     overrides: list = field(default_factory=list)
 
 
@@ -123,6 +125,7 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
         probe = raw.get("probe")
         probe = ProbeSettings(str(probe["train_root"]), str(probe["val_root"]),
                               int(probe.get("linear_epochs", 100)), bool(probe.get("baseline", True)),
+                              str(probe.get("linear_protocol", "ours")),
                               _strings(probe.get("overrides"))) if probe else None
     except (KeyError, TypeError) as e:
         raise PipelineError(f"{path}: every pretrain/transfer entry needs 'name' and 'config', "
@@ -295,7 +298,8 @@ class ProbeStage(Stage):
     def command(self):
         s = self.settings
         return [sys.executable, "-m", "pretrain.eval", "probe", "--train-root", s.train_root,
-                "--val-root", s.val_root, "--epochs", s.linear_epochs, "--output", self.result,
+                "--val-root", s.val_root, "--epochs", s.linear_epochs, "--protocol",
+                s.linear_protocol, "--output", self.result,
                 *self.encoder, *s.overrides]
 
     def inputs(self, upstream):
@@ -303,7 +307,8 @@ class ProbeStage(Stage):
         config = config_values(load_config(self.run_spec.config, self.run_spec.overrides))
         return {"encoder": upstream[("pretrain", self.name)] if self.name != RANDOM else RANDOM,
                 "config": {k: v for k, v in config.items() if key_in(k, PROBE_KEYS)},
-                "probe": [s.train_root, s.val_root, s.linear_epochs, s.overrides]}
+                "probe": [s.train_root, s.val_root, s.linear_epochs, s.linear_protocol,
+                          s.overrides]}
 
 
 class TrainNetStage(Stage):

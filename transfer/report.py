@@ -83,8 +83,8 @@ def probe_table(spec, stale=()):
         result = json.loads(path.read_text()) if path.is_file() else {}
         rows.append([_marked(name, ("probe", name), stale),
                      *(f"{result[k]:.2f}" if k in result else "–"
-                       for k in ("knn_top1", "linear_top1"))])
-    return ["run", "kNN top-1 (%)", "linear top-1 (%)"], rows
+                       for k in ("knn_top1", "linear_top1", "linear_top1_best"))])
+    return ["run", "kNN top-1 (%)", "linear top-1, last epoch (%)", "linear top-1, best epoch (%)"], rows
 
 
 def _blocks(spec, stale):
@@ -108,8 +108,10 @@ def _blocks(spec, stale):
     if spec.probe:
         headers, rows = probe_table(spec, stale)
         blocks += [("p", f"Frozen encoders on {spec.probe.val_root}: weighted kNN top-1 and "
-                         f"linear-probe top-1 (last of {spec.probe.linear_epochs} epochs), "
-                         f"the probe trained on {spec.probe.train_root}."),
+                         f"linear-probe top-1 after the last and at the best of "
+                         f"{spec.probe.linear_epochs} epochs ({spec.probe.linear_protocol} "
+                         f"protocol, pretrain/eval/linear.py), the probe trained on "
+                         f"{spec.probe.train_root}."),
                    ("table", headers, rows)]
 
     blocks += [("h2", "The run"), ("p", "The run file:"), ("code", spec.source),

@@ -11,7 +11,7 @@ checkpoints save and restore, so resumed runs stay exact.
 import torch
 import torch.nn.functional as F
 
-from .transforms import blur_kernel_size
+from .transforms import blur_kernel_size, view_probabilities
 
 # RGB -> luma (ITU-R 601-2), as torchvision's grayscale
 _LUMA = (0.299, 0.587, 0.114)
@@ -78,17 +78,19 @@ def gaussian_blur(x, sigma, kernel_size):
 
 
 class DeviceAugment:
-    """uint8 views (N, 3, S, S) on the device -> jittered, normalised float views."""
+    """uint8 views (N, 3, S, S) on the device -> jittered, normalised float views; `view` (0 or
+    1) selects the view's blur and solarisation probabilities (BYOL's asymmetric views)."""
 
     def __init__(self, cfg):
         i = cfg.INPUT
         self.jitter, self.jitter_prob = i.COLOR_JITTER, i.COLOR_JITTER_PROB
-        self.gray_prob, self.blur_prob = i.GRAYSCALE_PROB, i.BLUR_PROB
+        self.gray_prob = i.GRAYSCALE_PROB
+        self.view_probabilities = [view_probabilities(cfg, view) for view in (0, 1)]
         self.kernel_size = blur_kernel_size(i.SIZE)
         self.mean, self.std = i.MEAN, i.STD
 
     @torch.no_grad()
-    def __call__(self, views: torch.Tensor) -> torch.Tensor:
+    def __call__(self, views: torch.Tensor, view: int = 0) -> torch.Tensor:
         x = views.float() / 255
         n, device = x.shape[0], x.device
         b, c, s, h = self.jitter
@@ -98,9 +100,13 @@ class DeviceAugment:
                                 _uniform(n, -h, h, device))
         x = torch.where(_per_image(_chance(n, self.jitter_prob, device)), jittered, x)
         x = torch.where(_per_image(_chance(n, self.gray_prob, device)), _gray(x).expand_as(x), x)
-        if self.blur_prob > 0:
+        blur_prob, solarize_prob = self.view_probabilities[view]
+        if blur_prob > 0:
             blurred = gaussian_blur(x, _uniform(n, 0.1, 2.0, device), self.kernel_size)
-            x = torch.where(_per_image(_chance(n, self.blur_prob, device)), blurred, x)
+            x = torch.where(_per_image(_chance(n, blur_prob, device)), blurred, x)
+        if solarize_prob > 0:  # torchvision's: invert the levels at or above 128 of 255
+            solarized = torch.where(x >= 128 / 255, 1 - x, x)
+            x = torch.where(_per_image(_chance(n, solarize_prob, device)), solarized, x)
         mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
         std = x.new_tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std

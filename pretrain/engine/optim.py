@@ -1,4 +1,4 @@
-"""Optimisers (LARS, SGD, Adam, AdamW) and the warm-up + cosine learning-rate schedule."""
+"""Optimisers (LARS, SGD, Adam, AdamW) and the learning-rate schedules (SOLVER.LR_SCHEDULE)."""
 
 import math
 
@@ -10,13 +10,17 @@ class LARS(torch.optim.Optimizer):
 
     Each parameter's update is scaled by eta * ||w|| / ||g + wd * w||. Parameter groups with
     `lars_exclude=True` (biases and norm layers, in the SimCLR/BYOL recipes) skip both the
-    scaling and the weight decay.
+    scaling and the weight decay. `classic_momentum`: the learning rate enters the velocity
+    (v = m v + lr d; w -= v), as in SimCLR's TensorFlow LARS and InfoCL's copy of it, instead of
+    scaling the velocity (v = m v + d; w -= lr v, torch's convention); the two differ only
+    while the learning rate changes.
     """
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, foreach=False):
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, foreach=False,
+                 classic_momentum=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       eta=eta, lars_exclude=False))
-        self.foreach = foreach
+        self.foreach, self.classic_momentum = foreach, classic_momentum
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -36,12 +40,15 @@ class LARS(torch.optim.Optimizer):
                     trust = torch.where((w_norm > 0) & (d_norm > 0),
                                         group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
                     d = d.mul(trust)
+                if self.classic_momentum:
+                    d = d.mul(group["lr"])
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(d).detach()
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(d)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                p.add_(state["momentum_buffer"], alpha=-1.0 if self.classic_momentum
+                       else -group["lr"])
         return loss
 
     def _group_step_foreach(self, group):
@@ -58,22 +65,30 @@ class LARS(torch.optim.Optimizer):
             trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
                                 torch.ones_like(w_norm))
             d = torch._foreach_mul(d, list(trust.unbind()))
+        if self.classic_momentum:
+            d = torch._foreach_mul(d, group["lr"])
         buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                    for p in params]  # 0 * momentum + d: the first step's buffer is d
         torch._foreach_mul_(buffers, group["momentum"])
         torch._foreach_add_(buffers, d)
-        torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        torch._foreach_add_(params, buffers, alpha=-1.0 if self.classic_momentum else -group["lr"])
 
 
-def param_groups(model, weight_decay, exclude_bias_and_norm):
-    """Two groups: weights (decayed, LARS-adapted) and, if excluded, biases + norm parameters."""
-    decay, no_decay = [], []
+def param_groups(model, weight_decay, exclude_bias_and_norm, bias_lr_factor=1.0):
+    """Weights (decayed, LARS-adapted), and biases + norm parameters: in a group of their own
+    when they are excluded from decay and adaptation, or learn at `bias_lr_factor` times the
+    rate (Barlow Twins: 0.0048 / 0.2). A group's "lr_factor" scales the scheduled rate."""
+    weights, others = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+            (others if p.ndim <= 1 else weights).append(p)
+    if not (exclude_bias_and_norm or bias_lr_factor != 1.0):
+        weights, others = weights + others, []
+    groups = [{"params": weights, "weight_decay": weight_decay, "lr_factor": 1.0}]
+    if others:
+        groups.append({"params": others, "lr_factor": bias_lr_factor,
+                       **({"weight_decay": 0.0, "lars_exclude": True} if exclude_bias_and_norm
+                          else {"weight_decay": weight_decay})})
     return groups
 
 
@@ -85,11 +100,12 @@ def scaled_lr(cfg) -> float:
 
 def build_optimizer(cfg, model):
     s = cfg.SOLVER
-    groups = param_groups(model, s.WEIGHT_DECAY, s.EXCLUDE_BIAS_AND_NORM)
+    groups = param_groups(model, s.WEIGHT_DECAY, s.EXCLUDE_BIAS_AND_NORM, s.BIAS_LR_FACTOR)
     lr = scaled_lr(cfg)
     if s.OPTIMIZER == "lars":
         return LARS(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY,
-                    eta=s.LARS_ETA, foreach=s.FUSED)
+                    eta=s.LARS_ETA, foreach=s.FUSED,
+                    classic_momentum=s.LARS_MOMENTUM == "classic")
     for g in groups:  # only LARS reads this key
         g.pop("lars_exclude", None)
     fused = {"fused": True} if s.FUSED else {}  # one kernel for all parameters (CPU and CUDA)
@@ -101,10 +117,21 @@ def build_optimizer(cfg, model):
 
 
 def lr_at(iteration: int, max_iter: int, base_lr: float, warmup_iters: int,
-          final_fraction: float = 0.0) -> float:
-    """Linear warm-up from 0 over `warmup_iters`, then a half cosine to base_lr * final_fraction."""
+          final_fraction: float = 0.0, schedule: str = "cosine", iters_per_epoch: int = 1) -> float:
+    """The learning rate of step `iteration`: a linear warm-up from 0 over `warmup_iters`, then
+
+    cosine            a half cosine to base_lr * final_fraction, step by step;
+    cosine_per_epoch  the same, changed once per epoch (torch's CosineAnnealingLR stepped per
+                      epoch, as InfoCL's LARS runs);
+    constant          base_lr (InfoCL's Adam runs).
+    """
     if iteration < warmup_iters:
         return base_lr * (iteration + 1) / warmup_iters
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine_per_epoch":
+        iteration, warmup_iters = (iteration // iters_per_epoch * iters_per_epoch,
+                                   warmup_iters // iters_per_epoch * iters_per_epoch)
     progress = (iteration - warmup_iters) / max(1, max_iter - warmup_iters)
     final = base_lr * final_fraction
     return final + (base_lr - final) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -22,6 +22,7 @@ from ssl2det.distributed import get_world_size, reduce_mean
 from ssl2det.errors import UserError
 from ssl2det.io import load_checkpoint_file
 
+from ..objectives import Progress
 from .optim import lr_at, scaled_lr
 
 logger = logging.getLogger(__name__)
@@ -109,17 +110,18 @@ class PretrainTrainer(TrainerBase):
         return next(self._batches)
 
     def run_step(self):
+        s = self.cfg.SOLVER
         lr = lr_at(self.iter, self.max_iter, self.base_lr, self.warmup_iters,
-                   self.cfg.SOLVER.FINAL_LR_FRACTION)
+                   s.FINAL_LR_FRACTION, s.LR_SCHEDULE, self.iters_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
 
         start = time.perf_counter()
         views, _ = self._next_batch()
         views = [v.to(self.device, non_blocking=True) for v in views]
         data_time = time.perf_counter() - start
         if self.device_transform is not None:
-            views = [self.device_transform(v) for v in views]
+            views = [self.device_transform(v, i) for i, v in enumerate(views)]
         views = [v.contiguous(memory_format=self.memory_format) for v in views]
 
         for backup, buffer in zip(self._buffer_backup, self._buffers):
@@ -137,7 +139,7 @@ class PretrainTrainer(TrainerBase):
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.method.on_step_end(self.iter + 1, self.max_iter)
+        self.method.on_step_end(Progress(self.iter + 1, self.max_iter, self.iters_per_epoch))
         if self.is_log_step():  # loss values are read back from the device only here
             self.storage.put_scalars(loss=reduce_mean(loss.detach().float()).item(),
                                      **_mean_over_ranks(losses), skipped_steps=self.skipped_steps,

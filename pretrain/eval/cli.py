@@ -25,7 +25,7 @@ from ..config import load_config
 from ..data import build_eval_loader
 from .features import extract_features, load_encoder
 from .knn import knn_top1
-from .linear import train_linear_probe
+from .linear import PROTOCOLS, train_linear_probe
 
 
 def build_parser(description):
@@ -47,9 +47,13 @@ def build_parser(description):
 
 
 def _add_linear_arguments(parser):
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ours",
+                        help="ours: standardised features, batch 256, cosine, last epoch; infocl: "
+                             "InfoCL's eval_lr.py (raw features, batch 128, steps at 60/80, best "
+                             "epoch reported beside the last). See pretrain/eval/linear.py")
     parser.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD lr (InfoCL CIFAR: 0.01)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD lr (InfoCL: 0.01)")
+    parser.add_argument("--batch-size", type=int, help="default: the protocol's")
     parser.add_argument("--weight-decay", type=float, default=0.0)
 
 
@@ -78,11 +82,15 @@ def evaluation_features(args, normalize=True):
 
 def _linear_probe(cfg, train, test, args):
     with tqdm(total=args.epochs, desc="linear probe", unit="epoch") as bar:
-        top1, _ = train_linear_probe(
-            *train, *test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            weight_decay=args.weight_decay, seed=cfg.SEED,
+        return train_linear_probe(
+            *train, *test, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+            protocol=args.protocol, batch_size=args.batch_size, seed=cfg.SEED,
             progress=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-    return top1
+
+
+def _linear_line(result, args) -> str:
+    return (f"linear top-1: {result.last:.2f}% after the last of {args.epochs} epochs, best "
+            f"{result.best:.2f}% at epoch {result.best_epoch} ({args.protocol} protocol)")
 
 
 def _knn(cfg, train, test, args):
@@ -108,8 +116,8 @@ def linear_main(argv=None, description=__doc__):
     _add_linear_arguments(parser)
     args = parser.parse_args(argv)
     cfg, train, test = evaluation_features(args, normalize=False)
-    top1 = _linear_probe(cfg, train, test, args)
-    print(f"linear top-1: {top1:.2f}%  ({args.checkpoint or 'random init'}, {args.epochs} epochs)")
+    result = _linear_probe(cfg, train, test, args)
+    print(f"{_linear_line(result, args)}; {args.checkpoint or 'random init'}")
     return 0
 
 
@@ -124,13 +132,15 @@ def probe_main(argv=None, description=__doc__):
     args.k = args.temperature = None
     cfg, train, test = evaluation_features(args, normalize=False)
     unit = [(F.normalize(f, dim=1), y) for f, y in (train, test)]
-    result = {"knn_top1": _knn(cfg, *unit, args), "linear_top1": _linear_probe(cfg, train, test, args),
-              "linear_epochs": args.epochs, "train_images": len(train[1]),
-              "test_images": len(test[1])}
+    linear = _linear_probe(cfg, train, test, args)
+    result = {"knn_top1": _knn(cfg, *unit, args), "linear_top1": linear.last,
+              "linear_top1_best": linear.best, "linear_best_epoch": linear.best_epoch,
+              "linear_protocol": args.protocol, "linear_epochs": args.epochs,
+              "train_images": len(train[1]), "test_images": len(test[1])}
     text = json.dumps(result, indent=1)
     atomic_write(args.output, lambda f: f.write(text.encode()))
-    print(f"kNN top-1: {result['knn_top1']:.2f}%  linear top-1: {result['linear_top1']:.2f}%  "
-          f"({args.checkpoint or 'random init'}); saved to {args.output}")
+    print(f"kNN top-1: {result['knn_top1']:.2f}%; {_linear_line(linear, args)}; "
+          f"{args.checkpoint or 'random init'}; saved to {args.output}")
     return 0
 
 

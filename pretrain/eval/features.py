@@ -8,14 +8,14 @@ from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.io import CheckpointError, load_checkpoint_file
 
 from ..checkpoint_format import EMA_ENCODER_PREFIXES, ONLINE_ENCODER_PREFIX
-from ..models import ResNetEncoder
+from ..models import ResNetEncoder, build_encoder
 
 
 def load_encoder(cfg, checkpoint: str = "", ema: bool = False) -> ResNetEncoder:
     """The encoder of `cfg` (MODEL.ARCH, MODEL.CIFAR_STEM) with a pretraining checkpoint's
     weights (its online encoder, or with `ema` its momentum encoder); random weights without
     a checkpoint."""
-    encoder = ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM)
+    encoder = build_encoder(cfg)
     if not checkpoint:
         return encoder
     state = load_checkpoint_file(checkpoint).get("model", {})

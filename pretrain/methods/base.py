@@ -5,8 +5,8 @@ import copy
 import torch
 from torch import nn
 
-from ..models import ResNetEncoder, mlp
-from ..objectives import Features
+from ..models import build_encoder, mlp
+from ..objectives import Features, Progress
 
 METHODS = {}
 
@@ -39,7 +39,7 @@ class Method(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.encoder = ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM)
+        self.encoder = build_encoder(cfg)
         self.objectives = nn.ModuleList()
         self.taps = ()
         self.feature_noise = 0.0
@@ -58,9 +58,14 @@ class Method(nn.Module):
         """{name: scalar tensor}: the method's own loss from the encoded views."""
         raise NotImplementedError
 
+    def views_to_encode(self, num_views: int) -> range:
+        """Which views the online encoder computes features of: all (a method that uses fewer,
+        like MoCo, says so; objectives may need all)."""
+        return range(num_views)
+
     def encode(self, views, originals=None) -> Features:
         hs, mus, taps = [], [], []
-        for v in views:
+        for v in (views[i] for i in self.views_to_encode(len(views))):
             out = self.encoder(v, self.taps)
             mu, t = out if self.taps else (out, {})
             noisy = self.training and self.feature_noise > 0
@@ -74,11 +79,11 @@ class Method(nn.Module):
         p = self.cfg.METHOD.PROJECTOR
         return mlp(self.encoder.out_dim, p.HIDDEN_DIM, p.OUT_DIM, p.NUM_LAYERS, p.BN, last_bn)
 
-    def on_step_end(self, iteration: int, max_iter: int) -> None:
+    def on_step_end(self, progress: Progress) -> None:
         """Called after each optimiser step: momentum encoders update here, and objectives
         with schedules."""
         for objective in self.objectives:
-            objective.on_step_end(iteration, max_iter)
+            objective.on_step_end(progress)
 
 
 class MomentumTeacher(nn.Module):

@@ -14,6 +14,8 @@ def add_byol_config(cfg):
     cfg.METHOD.BYOL = CN()
     cfg.METHOD.BYOL.PREDICTOR_HIDDEN_DIM = 4096
     cfg.METHOD.BYOL.MOMENTUM_BASE = 0.996  # target EMA rate, raised to 1 by a cosine schedule
+    # the schedule's step: every optimiser step (BYOL), or once per epoch (InfoCL's code)
+    cfg.METHOD.BYOL.MOMENTUM_PER_EPOCH = False
 
 
 @register_method("byol")
@@ -27,6 +29,7 @@ class BYOL(Method):
         self.predictor = mlp(out, cfg.METHOD.BYOL.PREDICTOR_HIDDEN_DIM, out, 2, True)
         self.target = MomentumTeacher(self.encoder, self.head)
         self.momentum_base = cfg.METHOD.BYOL.MOMENTUM_BASE
+        self.momentum_per_epoch = cfg.METHOD.BYOL.MOMENTUM_PER_EPOCH
 
     def loss_terms(self, features):
         z1, z2 = (self.head(h) for h in features.h)
@@ -36,10 +39,11 @@ class BYOL(Method):
             t1, t2 = (head(encoder(v)) for v in features.views)
         return {"loss_byol": negative_cosine(p1, t2) + negative_cosine(p2, t1)}
 
-    def target_momentum(self, iteration, max_iter):
+    def target_momentum(self, progress):
         """BYOL's schedule: base -> 1 along a cosine over training."""
-        return 1 - (1 - self.momentum_base) * (math.cos(math.pi * iteration / max_iter) + 1) / 2
+        done = progress.epoch_fraction if self.momentum_per_epoch else progress.fraction
+        return 1 - (1 - self.momentum_base) * (math.cos(math.pi * done) + 1) / 2
 
-    def on_step_end(self, iteration, max_iter):
-        super().on_step_end(iteration, max_iter)
-        self.target.update([self.encoder, self.head], self.target_momentum(iteration, max_iter))
+    def on_step_end(self, progress):
+        super().on_step_end(progress)
+        self.target.update([self.encoder, self.head], self.target_momentum(progress))

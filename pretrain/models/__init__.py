@@ -1,4 +1,4 @@
 from .heads import mlp
-from .resnet import ResNetEncoder
+from .resnet import ResNetEncoder, build_encoder
 
-__all__ = ["ResNetEncoder", "mlp"]
+__all__ = ["ResNetEncoder", "build_encoder", "mlp"]

@@ -16,11 +16,12 @@ class ResNetEncoder(nn.Module):
     `taps`, its globally pooled output (InfoCL's LBE taps layer2-4).
     """
 
-    def __init__(self, arch: str = "resnet50", cifar_stem: bool = False):
+    def __init__(self, arch: str = "resnet50", cifar_stem: bool = False, stem_stride: int = 1):
         super().__init__()
         net = getattr(torchvision.models, arch)(weights=None)
         if cifar_stem:  # 32-64 px images: keep the resolution the ImageNet stem would divide by 4
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            # a 3x3 convolution, no max-pool; stride 1 (CIFAR) or 2 (InfoCL's STL-10 at 64 px)
+            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=stem_stride, padding=1, bias=False)
             net.maxpool = nn.Identity()
         for name, child in net.named_children():
             if name != "fc":
@@ -37,6 +38,11 @@ class ResNetEncoder(nn.Module):
                 pooled[name] = torch.flatten(self.avgpool(x), 1)
         h = torch.flatten(self.avgpool(x), 1)
         return (h, pooled) if taps else h
+
+
+def build_encoder(cfg) -> ResNetEncoder:
+    """The encoder of MODEL.ARCH with MODEL.CIFAR_STEM and MODEL.STEM_STRIDE."""
+    return ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM, cfg.MODEL.STEM_STRIDE)
 
 
 def _stage_channels(stage: nn.Sequential) -> int:

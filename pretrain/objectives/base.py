@@ -14,7 +14,7 @@ Declarations (class attributes, or set in __init__), read once by `build_method`
 Hooks, called by the method:
     prepare(views) -> views   change what the encoder sees (MRCL masks it); training only
     forward(features) -> {name: scalar tensor}
-    on_step_end(iteration, max_iter)   after each optimiser step (schedules)
+    on_step_end(progress)     after each optimiser step (schedules), with a `Progress`
 """
 
 from dataclasses import dataclass
@@ -34,13 +34,35 @@ def register_objective(name):
 
 @dataclass(frozen=True)
 class Features:
-    """What a method's forward pass hands to its objectives; one list entry per view."""
+    """What a method's forward pass hands to its objectives; one list entry per view (h, mu and
+    taps: per view the online encoder computed, which is every view when objectives are
+    attached)."""
 
     h: list  # pooled last-stage feature, what the heads see (noisy while training if declared)
     mu: list  # the same without the feature noise
     taps: list  # {stage: pooled output} of the stages the objectives declared
     views: list  # the views the encoder saw (after the objectives' `prepare`)
     originals: list  # the views as the loader gave them
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is after a step: `iteration` steps done of `max_iter`, `iters_per_epoch`
+    steps per epoch."""
+
+    iteration: int
+    max_iter: int
+    iters_per_epoch: int
+
+    @property
+    def fraction(self) -> float:
+        return self.iteration / self.max_iter
+
+    @property
+    def epoch_fraction(self) -> float:
+        """Whole epochs done before the step just taken, over all epochs (schedules that change
+        once per epoch)."""
+        return (self.iteration - 1) // self.iters_per_epoch * self.iters_per_epoch / self.max_iter
 
 
 class Objective(nn.Module):
@@ -59,5 +81,5 @@ class Objective(nn.Module):
     def prepare(self, views):
         return views
 
-    def on_step_end(self, iteration: int, max_iter: int) -> None:
+    def on_step_end(self, progress: Progress) -> None:
         pass

@@ -2,9 +2,9 @@
 
 from torch import nn
 
-# InfoCL's decoder shapes (../shared/docs/reference.md): input side -> (channels of the seed
-# tensor, its side, channels of the x2 transposed-convolution stages, whether the last layer
-# upsamples).
+# InfoCL's decoders (modules/recons.py of their code, ReCon32/64/224): input side -> (channels of
+# the seed tensor, its side, channels of the x2 transposed-convolution stages, whether the last
+# layer upsamples too).
 DECODER_SHAPES = {
     32: (64, 4, (256, 128, 64), False),
     64: (128, 4, (128, 128, 128, 128), False),
@@ -13,13 +13,15 @@ DECODER_SHAPES = {
 
 
 def _up(cin, cout):
-    return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False),
+    return [nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False),
             nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class ImageDecoder(nn.Module):
-    """Linear + BN + ReLU to a small seed tensor, then x2 transposed convolutions; the last layer
-    maps to 3 channels (stride 1, or stride 2 for 224 px: 7 -> 224 takes five x2 stages)."""
+    """Linear (no bias) + BN + ReLU to a small seed tensor, then x2 transposed convolutions (3x3,
+    BN, ReLU); the last layer maps to 3 channels, a 3x3 transposed convolution with bias at
+    stride 1 (32, 64 px) or stride 2 (224 px: 7 -> 224 takes five x2 stages). No output
+    activation: the target is the normalised view."""
 
     def __init__(self, in_dim: int, size: int):
         super().__init__()
@@ -34,8 +36,9 @@ class ImageDecoder(nn.Module):
         for cout in stages:
             layers += _up(cin, cout)
             cin = cout
-        layers.append(nn.ConvTranspose2d(cin, 3, 4, stride=2, padding=1) if last_upsamples
-                      else nn.Conv2d(cin, 3, 3, stride=1, padding=1))
+        stride = 2 if last_upsamples else 1
+        layers.append(nn.ConvTranspose2d(cin, 3, 3, stride=stride, padding=1,
+                                         output_padding=stride - 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, h):

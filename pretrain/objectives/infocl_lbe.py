@@ -22,7 +22,7 @@ def add_infocl_lbe_config(cfg):
     cfg.INFOCL_LBE = CN()
     cfg.INFOCL_LBE.WEIGHT = 1.0  # lambda
     cfg.INFOCL_LBE.SIGMA = 0.1  # std of the feature noise (fixed, as the paper)
-    cfg.INFOCL_LBE.RHO = 0.05  # critic scale: 1/20 for small images
+    cfg.INFOCL_LBE.RHO = 0.05  # critic scale: 1/20 for 32-64 px images, 1/80 for ImageNet
     cfg.INFOCL_LBE.STAGES = ("layer2", "layer3", "layer4")
     cfg.INFOCL_LBE.STAGE_WEIGHTS = (0.25, 0.5, 1.0)
 

@@ -74,5 +74,5 @@ class SuperInfo(Objective):
         w = (self.progress / self.anneal).clamp(max=1.0) if self.anneal > 0 else 1.0
         return {"loss_superfluous": w * kl}
 
-    def on_step_end(self, iteration, max_iter):
-        self.progress.fill_(iteration / max_iter)
+    def on_step_end(self, progress):
+        self.progress.fill_(progress.fraction)
