@@ -18,7 +18,7 @@ from conftest import REPO
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
-TINY_PRETRAIN = ["--config-file", str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"),
+TINY_PRETRAIN = ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                  "DATA.VAL_ROOT", "", "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "16",
                  "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "0", "MODEL.CHANNELS_LAST", "False"]
 VOC_CPU = ["--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),

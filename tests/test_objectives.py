@@ -115,9 +115,10 @@ def test_mrcl_masks_the_configured_fraction_of_patches():
         assert torch.equal(v == 0, m.expand_as(v).bool())
 
 
-OBJECTIVE_CONFIGS = ["infocl_rc_simclr_r18_cifar", "infocl_lbe_simclr_r18_cifar",
-                     "infocl_rc_byol_r18_cifar", "infocl_lbe_byol_r18_cifar",
-                     "infocl_rc_simclr_r50_imagenet", "infocl_lbe_simclr_r50_imagenet",
+OBJECTIVE_CONFIGS = ["infocl_cifar10_simclr_rc", "infocl_cifar10_simclr_lbe",
+                     "infocl_cifar10_byol_rc", "infocl_cifar10_byol_lbe",
+                     "infocl_cifar10_barlow_rc", "infocl_stl10_simclr_lbe",
+                     "infocl_imagenet_simclr_rc", "infocl_imagenet_simclr_lbe",
                      "superinfo_r18_cifar", "superinfo_r50_imagenet", "mrcl_r18_cifar",
                      "mrcl_r50_imagenet", "infomin_mocov2_r50_imagenet"]
 
@@ -128,7 +129,7 @@ def test_objective_config_runs_two_iterations_without_nan(name, shared_data, tmp
     from pretrain.config import load_config
     from pretrain.engine.run import run_pretraining
 
-    data = "cifar10-small/test" if "cifar" in name else "imagenet-sample/train"
+    data = "imagenet-sample/train" if "imagenet" in name else "cifar10-small/test"
     cfg = load_config(str(REPO / f"configs/pretrain/{name}.yaml"),
                       ["DATA.ROOT", str(shared_data / data), "DATA.VAL_ROOT", "",
                        "SOLVER.BATCH_SIZE", "4", "SOLVER.MAX_ITER", "2", "LOG_PERIOD", "1",

@@ -93,7 +93,7 @@ def test_benchmark_compares_ours_with_lightly_in_one_run(shared_data, tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "tools/benchmark.py"), "pretrain", "--config-file",
-         str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"), "--warmup", "1", "--iters", "2",
+         str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"), "--warmup", "1", "--iters", "2",
          "--repeats", "1", "--output", str(out),
          "DATA.ROOT", str(shared_data / "cifar10-small/test"), "INPUT.SIZE", "16",
          "SOLVER.BATCH_SIZE", "16", "DATA.NUM_WORKERS", "1", "MODEL.CHANNELS_LAST", "False"],

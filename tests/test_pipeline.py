@@ -140,17 +140,17 @@ def test_objective_study_is_a_pipeline_of_pretraining_and_probe_stages(tmp_path)
     cmd = [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path),
            "--epochs", "1", "--batch-size", "64", "--linear-epochs", "3", "--workers", "0",
            "--train-root", str(tiny / "train"), "--val-root", str(tiny / "test"),
-           str(REPO / "configs/pretrain/simclr_r18_cifar.yaml")]
+           str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml")]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"simclr_r18_cifar", "random"}
+    assert set(results) == {"infocl_cifar10_simclr", "random"}
     table = (tmp_path / "results.md").read_text()
     for name, result in results.items():
         assert result == json.loads((tmp_path / "probe" / name / "probe.json").read_text())
         assert 0 <= result["knn_top1"] <= 100 and 0 <= result["linear_top1"] <= 100
         assert f"| {name} | {result['knn_top1']:.2f} | {result['linear_top1']:.2f} |" in table
-    assert (tmp_path / "pretrain/simclr_r18_cifar/model_final.pth").is_file()
+    assert (tmp_path / "pretrain/infocl_cifar10_simclr/model_final.pth").is_file()
     assert "## Results" in (tmp_path / "report.md").read_text()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0 and second.stdout.count("complete, skipped") == 3

@@ -349,7 +349,7 @@ def test_bad_images_can_be_made_fatal(folder_with_bad_images):
 
 @pytest.mark.slow
 def test_pretraining_over_bad_images_finishes_or_stops_clearly(folder_with_bad_images, tmp_path):
-    common = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"),
+    common = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                          "DATA.ROOT", str(folder_with_bad_images), "DATA.VAL_ROOT", "",
                          "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "15", "SOLVER.EPOCHS", "1",
                          "DATA.NUM_WORKERS", "2", "LOG_PERIOD", "1"]
@@ -402,7 +402,7 @@ def test_train_net_skips_an_unreadable_image_or_stops_clearly(tmp_path):
 
 def test_empty_data_folder_and_indivisible_batch_get_one_clear_message(tmp_path):
     (tmp_path / "empty").mkdir()
-    base = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"),
+    base = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                        "OUTPUT_DIR", str(tmp_path / "out")]
     empty = _run(base + ["DATA.ROOT", str(tmp_path / "empty")])
     assert empty.returncode != 0 and "Traceback" not in empty.stderr
@@ -483,7 +483,7 @@ def test_a_failed_rank_stops_the_other_with_a_clear_error(fault, shared_data, tm
     once when the peer died, after DIST.TIMEOUT_S when it hangs."""
     out = tmp_path / "run"
     port = str(29600 + fault)
-    cmd = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/barlow_r18_cifar.yaml"),
+    cmd = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_barlow.yaml"),
                       "DATA.ROOT", str(shared_data / "cifar10-small/test"), "DATA.VAL_ROOT", "",
                       "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "16", "SOLVER.MAX_ITER", "500",
                       "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",

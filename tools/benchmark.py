@@ -3,7 +3,7 @@
 
     # pretraining: ours vs the same SimCLR built from lightly's parts (same torchvision ResNet,
     # NT-Xent, SimCLR augmentation, optimiser, batch, workers, AMP)
-    python tools/benchmark.py pretrain --config-file configs/pretrain/simclr_r18_cifar.yaml \
+    python tools/benchmark.py pretrain --config-file configs/pretrain/infocl_cifar10_simclr.yaml \
         DATA.ROOT ../shared/data/cifar10-small/train SOLVER.BATCH_SIZE 128 DATA.NUM_WORKERS 2
     # stage two: tools/train_net.py's trainer vs detectron2's plain DefaultTrainer, same config
     DETECTRON2_DATASETS=../shared/data/detectron2 python tools/benchmark.py detection \
@@ -117,7 +117,7 @@ def measure_lightly(cfg, warmup, iters) -> dict:
     torch.manual_seed(cfg.SEED)
     backbone = getattr(torchvision.models, cfg.MODEL.ARCH)()
     if cfg.MODEL.CIFAR_STEM:
-        backbone.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        backbone.conv1 = torch.nn.Conv2d(3, 64, 3, cfg.MODEL.STEM_STRIDE, 1, bias=False)
         backbone.maxpool = torch.nn.Identity()
     features = backbone.fc.in_features
     backbone.fc = torch.nn.Identity()
