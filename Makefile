@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ENV_PY := $(VENV)/bin/python
 
-.PHONY: install install-test demo test env clean
+.PHONY: install install-test demo test env clean device-pack
 
 ## install: create .venv with torch, torchvision, detectron2 and this project (idempotent)
 install:
@@ -21,6 +21,11 @@ demo: install
 ## test: set up (with test dependencies) and run the whole test suite
 test: install-test
 	$(ENV_PY) -m pytest tests
+
+## device-pack: fill .device/ (ignored) for a lent GPU machine: wheels, detectron2's sdist, data
+##              (tools/device/pack.py; the call: docs/performance.md#gpu-runs)
+device-pack: install-test
+	$(ENV_PY) tools/device/pack.py
 
 ## env: print the environment report
 env:

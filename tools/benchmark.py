@@ -14,7 +14,9 @@ alternate --repeats times and the median is reported. Per side: two-view samples
 training step (loader included), the share of step time spent waiting for data, the step time
 of the model alone on synthetic input, and peak memory (GPU: max allocated; CPU: peak RSS of
 the main process). The first --warmup iterations are not timed. Prints a table and the ratio
-ours / reference; --output writes the numbers as JSON.
+ours / reference; --output writes the numbers as JSON. `--sides ours` measures ours alone (e.g.
+MODEL.COMPILE on against a run with it off); `--profile FILE` writes torch.profiler's table of
+our training step (the slowest operators first) to FILE.
 """
 
 import argparse
@@ -33,6 +35,7 @@ from tabulate import tabulate
 from ssl2det.process import log_tail, run_logged
 
 PRETRAIN_SIDES = ("ours", "lightly")
+DETECTRON2_UNTIMED = 2  # IterationTimer(warmup_iter=3) records from the third iteration on
 DETECTION_SIDES = ("ours", "detectron2")
 
 
@@ -71,7 +74,21 @@ def summarize(full, model_only, batch, device) -> dict:
 
 # --- pretraining ------------------------------------------------------------------------------
 
-def measure_ours(cfg, warmup, iters) -> dict:
+def profile_steps(step, device, path, steps=3):
+    """torch.profiler's operator table over `steps` training steps, slowest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        _sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    Path(path).write_text(f"torch.profiler, {steps} training steps (loader included), {device}\n"
+                          + prof.key_averages().table(sort_by=sort, row_limit=40))
+
+
+def measure_ours(cfg, warmup, iters, profile=None) -> dict:
     from detectron2.utils.events import EventStorage
 
     from pretrain.engine.run import build_trainer
@@ -90,12 +107,14 @@ def measure_ours(cfg, warmup, iters) -> dict:
 
     with EventStorage() as trainer.storage:
         full = time_steps(step, device, warmup, iters)
+        if profile:
+            profile_steps(step, device, profile)
         trainer._next_batch = lambda: (synthetic, None)
         model_only = time_steps(step, device, warmup, iters)
     return summarize(full, model_only, cfg.SOLVER.BATCH_SIZE, device)
 
 
-def measure_lightly(cfg, warmup, iters) -> dict:
+def measure_lightly(cfg, warmup, iters, profile=None) -> dict:
     """SimCLR as lightly's documentation assembles it: torchvision backbone, SimCLRProjectionHead,
     NTXentLoss, SimCLRTransform, a plain PyTorch loop. The settings come from the same config."""
     import torchvision
@@ -133,6 +152,9 @@ def measure_lightly(cfg, warmup, iters) -> dict:
         random_gray_scale=i.GRAYSCALE_PROB, gaussian_blur=i.BLUR_PROB,
         normalize={"mean": list(i.MEAN), "std": list(i.STD)})
     dataset = torchvision.datasets.ImageFolder(cfg.DATA.ROOT, transform=transform)
+    if len(dataset) < cfg.SOLVER.BATCH_SIZE:  # drop_last would leave no batch at all
+        raise SystemExit(f"error: {cfg.DATA.ROOT} has {len(dataset)} images, fewer than one "
+                         f"batch of SOLVER.BATCH_SIZE {cfg.SOLVER.BATCH_SIZE}")
     workers = cfg.DATA.NUM_WORKERS
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.SOLVER.BATCH_SIZE, shuffle=True, drop_last=True,
@@ -182,7 +204,7 @@ def measure_lightly(cfg, warmup, iters) -> dict:
 def pretrain_config(args):
     from pretrain.config import load_config
 
-    total = args.warmup + args.iters
+    total = args.warmup + args.iters + 3  # + the profiled steps
     return load_config(args.config_file, list(args.opts) + [
         "OUTPUT_DIR", args.scratch, "KNN.ENABLED", "False", "SOLVER.MAX_ITER", str(2 * total),
         "SOLVER.CHECKPOINT_PERIOD", str(10**9), "LOG_PERIOD", str(10**9)])
@@ -198,6 +220,10 @@ def measure_detection(side, args) -> dict:
     from transfer.config import setup
     from transfer.trainer import Trainer
 
+    if args.warmup < DETECTRON2_UNTIMED:
+        raise SystemExit(f"error: detection needs --warmup {DETECTRON2_UNTIMED} or more: "
+                         "detectron2's IterationTimer times no earlier iteration")
+
     args.opts = list(args.opts) + [
         "OUTPUT_DIR", args.scratch, "SOLVER.MAX_ITER", str(args.warmup + args.iters),
         "SOLVER.CHECKPOINT_PERIOD", str(10**9), "DATASETS.TEST", "()",
@@ -207,12 +233,14 @@ def measure_detection(side, args) -> dict:
     trainer = (Trainer if side == "ours" else DefaultTrainer)(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    times = trainer.storage.history("time").values()[args.warmup:]
-    step = statistics.median(t for t, _ in times)
+
+    def timed(name):  # (value, iteration) pairs of the iterations after the warm-up
+        return [value for value, it in trainer.storage.history(name).values() if it >= args.warmup]
+
+    step = statistics.median(timed("time"))
     device = torch.device(cfg.MODEL.DEVICE)
     return {"iterations_per_s": 1 / step, "step_s": step,
-            "data_wait_share": statistics.mean(
-                d for d, _ in trainer.storage.history("data_time").values()[args.warmup:]) / step,
+            "data_wait_share": statistics.mean(timed("data_time")) / step,
             "images_per_s": cfg.SOLVER.IMS_PER_BATCH / step, "peak_memory_mb": _peak_memory_mb(device)}
 
 
@@ -226,7 +254,7 @@ def measure_one(args) -> dict:
             return measure_detection(args.side, args)
         cfg = pretrain_config(args)
         measure = measure_ours if args.side == "ours" else measure_lightly
-        return measure(cfg, args.warmup, args.iters)
+        return measure(cfg, args.warmup, args.iters, args.profile)
 
 
 def run_sides(args, sides):
@@ -239,6 +267,8 @@ def run_sides(args, sides):
                 cmd = [sys.executable, os.path.abspath(__file__), args.task, "--side", side,
                        "--result", result, "--config-file", args.config_file,
                        "--warmup", args.warmup, "--iters", args.iters, *args.opts]
+                if args.profile and side == "ours" and repeat == 0:
+                    cmd[3:3] = ["--profile", args.profile]
                 print(f"measuring {side} ...", file=sys.stderr, flush=True)
                 if run_logged(cmd, log) or not result.is_file():
                     raise SystemExit(f"error: measuring {side} failed:\n{log_tail(log, 40)}")
@@ -248,15 +278,16 @@ def run_sides(args, sides):
 
 
 def report(args, results, sides):
-    ours, reference = sides
+    ours, reference = (sides + (None,))[:2]
     first = "samples_per_s" if args.task == "pretrain" else "iterations_per_s"
     keys = list(results[ours])
     rows = [[side] + [results[side][k] for k in keys] for side in sides]
-    ratio = results[ours][first] / results[reference][first]
     print(tabulate(rows, headers=["side"] + keys, tablefmt="github", floatfmt=".4g"))
-    print(f"\nratio ours / {reference} ({first}): {ratio:.3f}")
-    extra = {}
-    if args.task == "pretrain":
+    ratio, extra = None, {}
+    if reference:
+        ratio = results[ours][first] / results[reference][first]
+        print(f"\nratio ours / {reference} ({first}): {ratio:.3f}")
+    if args.task == "pretrain" and reference:
         model_ratio = (results[ours]["model_only_samples_per_s"]
                        / results[reference]["model_only_samples_per_s"])
         print(f"ratio ours / {reference} (model only, synthetic input): {model_ratio:.3f}")
@@ -282,6 +313,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternating runs per side; the median is reported (default 2)")
     parser.add_argument("--output", metavar="JSON", help="write the results here")
+    parser.add_argument("--sides", choices=("both", "ours"), default="both",
+                        help="'ours' skips the reference (default: both)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="pretrain: write torch.profiler's table of 3 of our steps here")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: measure one side
     parser.add_argument("--result", help=argparse.SUPPRESS)  # internal: where that side writes
     parser.epilog = "Trailing KEY VALUE pairs override the config, on both sides."
@@ -293,6 +328,8 @@ def main(argv=None):
         Path(args.result).write_text(json.dumps(measure_one(args)))
         return 0
     sides = PRETRAIN_SIDES if args.task == "pretrain" else DETECTION_SIDES
+    if args.sides == "ours":
+        sides = sides[:1]
     report(args, run_sides(args, sides), sides)
     return 0
 

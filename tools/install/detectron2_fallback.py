@@ -90,12 +90,18 @@ class FallbackError(RuntimeError):
     """A step of the fallback install failed; the message names the step and the fix."""
 
 
-def download_sdist(python: str, cache_dir: Path, log_path: Path) -> Path:
-    """Fetch the sdist with the target environment's pip (its setup.py imports torch)."""
+def download_sdist(python: str, cache_dir: Path, log_path: Path, search=None) -> Path:
+    """The sdist from the cache, from the folder `search` (offline installs: a device pack),
+    else fetched with the target environment's pip (its setup.py imports torch)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob(f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"))
+    filename = f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz"
+    found = sorted(cache_dir.glob(filename))
     if found:
         return found[0]
+    local = sorted(Path(search).rglob(filename)) if search else []
+    if local:
+        shutil.copyfile(local[0], cache_dir / filename)
+        return cache_dir / filename
     code = run_logged([python, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
                        "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", cache_dir],
                       log_path)
@@ -174,9 +180,9 @@ def remove_installed(site: Path) -> None:
             shutil.rmtree(p)
 
 
-def install(python: str, site: Path, cache_dir: Path, log_path: Path) -> dict:
+def install(python: str, site: Path, cache_dir: Path, log_path: Path, search=None) -> dict:
     """Install the fallback into `site`; returns what was done (for the set-up report)."""
-    sdist = download_sdist(python, cache_dir, log_path)
+    sdist = download_sdist(python, cache_dir, log_path, search)
     with tempfile.TemporaryDirectory(dir=site, prefix=".detectron2-build-") as tmp:
         pkg = _assemble(sdist, Path(tmp))
         patches = _apply_patches(pkg)

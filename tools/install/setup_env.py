@@ -3,12 +3,17 @@
 
 Steps, each skipped when its work is already done (a second run only probes):
   1. environment   create `.venv` (or use --python, an existing environment's interpreter)
-  2. torch         torch 2.14.1 + torchvision 0.29.1 (the pair verified with detectron2 v0.6)
+  2. torch         torch 2.14.1 + torchvision 0.29.1 (the pair verified with detectron2 v0.6);
+                   with --python, the interpreter's own torch if it works and is at least
+                   MIN_TORCH (a GPU image's CUDA build is kept, never replaced)
   3. requirements  requirements.txt (+ requirements-test.txt with --with-tests)
   4. detectron2    leave a compiled detectron2 alone; otherwise install the fallback build
                    (tools/install/detectron2_fallback.py)
   5. project       `pip install -e .` of this repository (packages pretrain and transfer)
 then print the environment report (tools/collect_env.py).
+
+Offline (the lent GPU machine): `--find-links DIR --no-index` installs from a local folder of
+wheels and detectron2's sdist only (tools/device/pack.py makes one).
 
 Standard library only. pip's own output goes to `<env>/setup.log`; a failure prints its tail,
 names the step and says how to fix it.
@@ -29,6 +34,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
 import detectron2_fallback  # noqa: E402
 from ssl2det.process import log_tail, run_logged  # noqa: E402
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
+#: The oldest torch an existing interpreter may bring (--python): the project is tested on 2.14
+#: and on the GPU image's 2.11 (docs/performance.md#gpu-runs).
+MIN_TORCH = (2, 4)
 
 
 class StepFailed(RuntimeError):
@@ -43,9 +51,10 @@ def say(step, message):
 class Environment:
     """The Python environment being set up, with a log for the output of pip and friends."""
 
-    def __init__(self, python: Path, log_path: Path):
+    def __init__(self, python: Path, log_path: Path, index_args=()):
         self.python = str(python)
         self.log_path = log_path
+        self.index_args = list(index_args)  # --find-links DIR / --no-index, for every pip call
         with open(log_path, "a") as log:
             log.write(f"\n==== setup_env.py {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n")
 
@@ -59,7 +68,8 @@ class Environment:
                              + f"\n  Full log: {self.log_path}\n  Fix: {fix}")
 
     def pip_install(self, step, args, fix):
-        self.run(step, ["-m", "pip", "install", "--disable-pip-version-check", *args], fix)
+        self.run(step, ["-m", "pip", "install", "--disable-pip-version-check", *self.index_args,
+                        *args], fix)
 
     def probe(self, requirement_files):
         args = [str(REPO / "tools/install/probe.py"), *map(str, requirement_files)]
@@ -80,11 +90,20 @@ def ensure_venv(path: Path) -> Path:
     return python
 
 
+def _release(version: str) -> tuple:
+    return tuple(int(x) for x in version.split("+")[0].split(".")[:2])
+
+
 def ensure_torch(env, state, managed):
     torch = state["torch"]
     pinned = {p.split("==")[0]: p.split("==")[1] for p in TORCH_PINS}
     versions_ok = torch["ok"] and all(
         torch[name].split("+")[0] == version for name, version in pinned.items())
+    if torch["ok"] and not managed and _release(torch["torch"]) < MIN_TORCH:
+        raise StepFailed("torch", f"{env.python} has torch {torch['torch']}; this project needs "
+                         f"at least {'.'.join(map(str, MIN_TORCH))}.\n  Fix: upgrade torch and "
+                         "torchvision in that environment, or leave out --python to get a venv "
+                         f"with {' '.join(TORCH_PINS)}")
     if torch["ok"] and (versions_ok or not managed):
         say("torch", f"torch {torch['torch']} / torchvision {torch['torchvision']}: ok")
         return False
@@ -93,27 +112,35 @@ def ensure_torch(env, state, managed):
     t = time.time()
     env.pip_install("torch", list(TORCH_PINS),
                     "check that PyPI (or the machine's wheel store) is reachable and the disk has "
-                    "6 GB free; then run `make install` again")
+                    "6 GB free; then run `make install` again. Offline, use --python with an "
+                    "interpreter that has torch")
     say("torch", f"installed ({time.time() - t:.0f} s)")
     return True
 
 
+def unsatisfied_besides_torch(state):
+    """The unsatisfied requirement lines, without torch's pins (ensure_torch's business) and
+    without the "(have X)" notes the probe adds."""
+    return [r.split(" (have ")[0] for r in state["unsatisfied"]
+            if not r.startswith(("torch==", "torchvision=="))]
+
+
 def ensure_requirements(env, state, files):
-    unsatisfied = [r for r in state["unsatisfied"] if not r.startswith(("torch==", "torchvision=="))]
+    unsatisfied = unsatisfied_besides_torch(state)
     if not unsatisfied:
         say("requirements", f"{' + '.join(f.name for f in files)}: all satisfied")
         return False
     say("requirements", f"installing {len(unsatisfied)}: {', '.join(unsatisfied)}")
     t = time.time()
-    args = [a for f in files for a in ("-r", str(f))]
-    env.pip_install("requirements", args,
+    # only the missing lines: the files' torch pins would replace a kept torch
+    env.pip_install("requirements", unsatisfied,
                     "read the pip error above; a version conflict means requirements*.txt needs "
-                    "a new pin")
+                    "a new pin; offline, the --find-links folder lacks a wheel")
     say("requirements", f"installed ({time.time() - t:.0f} s)")
     return True
 
 
-def ensure_detectron2(env, state, cache_dir):
+def ensure_detectron2(env, state, cache_dir, find_links=None):
     d2 = state["detectron2"]
     site = Path(state["site_packages"])
     if d2["state"] == "compiled":
@@ -137,7 +164,8 @@ def ensure_detectron2(env, state, cache_dir):
     say("detectron2", f"{what}: installing the fallback build (detectron2 v0.6 from "
         f"{detectron2_fallback.SDIST_NAME}, no compiled extension)")
     try:
-        info = detectron2_fallback.install(env.python, site, cache_dir, env.log_path)
+        info = detectron2_fallback.install(env.python, site, cache_dir, env.log_path,
+                                           search=find_links)
     except detectron2_fallback.FallbackError as e:
         raise StepFailed("detectron2", str(e)) from None
     for patch in info["patches"]:
@@ -170,14 +198,24 @@ def main(argv=None):
                              ".setup/ with --python)")
     parser.add_argument("--with-tests", action="store_true",
                         help="also install requirements-test.txt (pytest, lightly)")
+    parser.add_argument("--find-links", type=Path, metavar="DIR",
+                        help="also look for wheels and detectron2's sdist in DIR (searched "
+                             "recursively for the sdist)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="never use a package index: install from --find-links only "
+                             "(offline machines)")
     args = parser.parse_args(argv)
+    if args.no_index and not args.find_links:
+        parser.error("--no-index needs --find-links DIR (where the wheels are)")
+    index_args = ((["--find-links", str(args.find_links)] if args.find_links else [])
+                  + (["--no-index"] if args.no_index else []))
 
     start = time.time()
     managed = args.python is None
     python = ensure_venv(args.venv) if managed else args.python
     env_dir = args.state_dir or (args.venv if managed else REPO / ".setup")
     env_dir.mkdir(parents=True, exist_ok=True)
-    env = Environment(python, env_dir / "setup.log")
+    env = Environment(python, env_dir / "setup.log", index_args)
     files = [REPO / "requirements.txt"] + ([REPO / "requirements-test.txt"] if args.with_tests
                                            else [])
     try:
@@ -186,7 +224,7 @@ def main(argv=None):
         if changed:
             state = env.probe(files)
         changed |= ensure_requirements(env, state, files)
-        changed |= ensure_detectron2(env, state, env_dir / "cache")
+        changed |= ensure_detectron2(env, state, env_dir / "cache", args.find_links)
         changed |= ensure_project(env, state)
         if changed:  # check that what was installed works together
             state = env.probe(files)
@@ -194,8 +232,12 @@ def main(argv=None):
                         if not state[name]["ok"]]
             if state["detectron2"]["state"] not in ("compiled", "fallback"):
                 problems.append(f"detectron2: {state['detectron2']}")
-            if state["unsatisfied"]:
-                problems.append(f"unsatisfied: {state['unsatisfied']}")
+            if not managed and state["torch"]["ok"]:  # a kept torch: its pins do not apply
+                unsatisfied = unsatisfied_besides_torch(state)
+            else:
+                unsatisfied = state["unsatisfied"]
+            if unsatisfied:
+                problems.append(f"unsatisfied: {unsatisfied}")
             if problems:
                 raise StepFailed("verify", "after installing, the environment is still not "
                                  "right:\n  " + "\n  ".join(problems) + f"\n  Fix: see "
