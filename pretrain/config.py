@@ -40,6 +40,10 @@ _C.DATA.PERSISTENT_WORKERS = True
 # An image that cannot be decoded: "skip" (warn, list it in OUTPUT_DIR/bad_images.txt, use the
 # next image in its place) or "error" (stop with the file's name)
 _C.DATA.BAD_IMAGES = "skip"
+# Decode the training set once into the training device's memory (uint8; every image of one
+# size, as CIFAR or STL) and crop, flip and augment batches there: the fastest input for small
+# images on a GPU (pretrain/data/device_bank.py). simclr recipe only.
+_C.DATA.DECODE_ONCE = False
 
 _C.INPUT = CN()
 _C.INPUT.SIZE = 224  # side of the square views
@@ -149,7 +153,8 @@ RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT
 #: is. A change of any other key (the model, the method, the objectives, the optimiser, the
 #: batch, the augmentation) refuses the resume.
 RESUMABLE_CHANGES = RUNTIME_KEYS + ("DATA.ROOT", "DATA.VAL_ROOT", "SOLVER.EPOCHS",
-                                    "SOLVER.MAX_ITER", "INPUT.AUGMENT_ON_DEVICE")
+                                    "SOLVER.MAX_ITER", "INPUT.AUGMENT_ON_DEVICE",
+                                    "DATA.DECODE_ONCE")
 
 #: What the frozen-encoder evaluation (pretrain/eval) reads from a run's config.
 PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD",
@@ -243,9 +248,10 @@ def validate(cfg):
         if len(get_key(cfg, key)) not in (0, 2):
             raise ConfigError(f"{key} {get_key(cfg, key)} needs one probability per view, two, "
                               "or none")
-    if cfg.INPUT.AUGMENT_ON_DEVICE and cfg.INPUT.AUGMENTATION != "simclr":
-        raise ConfigError("INPUT.AUGMENT_ON_DEVICE supports INPUT.AUGMENTATION simclr only; "
-                          f"got {cfg.INPUT.AUGMENTATION!r}")
+    for key in ("INPUT.AUGMENT_ON_DEVICE", "DATA.DECODE_ONCE"):
+        if get_key(cfg, key) and cfg.INPUT.AUGMENTATION != "simclr":
+            raise ConfigError(f"{key} supports INPUT.AUGMENTATION simclr only; got "
+                              f"{cfg.INPUT.AUGMENTATION!r}")
     if cfg.SOLVER.MAX_NONFINITE_SKIPS < 0:
         raise ConfigError("SOLVER.MAX_NONFINITE_SKIPS must be 0 or more, got "
                           f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")

@@ -73,17 +73,20 @@ def test_device_augment_draws_parameters_per_image():
     assert ratio.min() > 0.55 and ratio.max() < 1.45 and ratio.std() > 0.05  # brightness 0.4
 
 
-def test_pretraining_with_augmentation_on_the_device_runs(shared_data, tmp_path):
+@pytest.mark.parametrize("key, loader_gives", [("INPUT.AUGMENT_ON_DEVICE", torch.uint8),
+                                                ("DATA.DECODE_ONCE", torch.float32)])
+def test_pretraining_with_augmentation_on_the_device_runs(key, loader_gives, shared_data,
+                                                          tmp_path):
     from pretrain.engine.run import run_pretraining
 
-    cfg = load_config(str(REPO / "configs/pretrain/simclr_r18_cifar.yaml"), [
+    cfg = load_config(str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"), [
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "DATA.VAL_ROOT", "",
-        "INPUT.SIZE", "16", "INPUT.AUGMENT_ON_DEVICE", "True", "INPUT.BLUR_PROB", "0.5",
+        "INPUT.SIZE", "16", key, "True", "INPUT.BLUR_PROB", "0.5",
         "SOLVER.BATCH_SIZE", "8", "SOLVER.MAX_ITER", "2", "LOG_PERIOD", "1",
         "DATA.NUM_WORKERS", "0", "MODEL.CHANNELS_LAST", "False", "OUTPUT_DIR", str(tmp_path)])
     trainer = run_pretraining(cfg)
     views, _ = trainer._next_batch()
-    assert views[0].dtype == torch.uint8 and views[0].shape == (8, 3, 16, 16)
+    assert views[0].dtype == loader_gives and views[0].shape == (8, 3, 16, 16)
     rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
@@ -107,3 +110,64 @@ def test_benchmark_compares_ours_with_lightly_in_one_run(shared_data, tmp_path):
         assert 0 <= r["data_wait_share"] <= 1 and r["peak_memory_mb"] > 100
     ours, lightly = record["results"]["ours"], record["results"]["lightly"]
     assert record["ratio"] == pytest.approx(ours["samples_per_s"] / lightly["samples_per_s"])
+
+
+# --- the training set decoded once into device memory (DATA.DECODE_ONCE) ----------------------
+
+def test_device_crops_are_drawn_as_torchvisions_random_resized_crop():
+    from torchvision.transforms import RandomResizedCrop
+
+    from pretrain.data.device_bank import random_resized_crop_boxes
+
+    torch.manual_seed(0)
+    scale, ratio, n = (0.08, 1.0), (3 / 4, 4 / 3), 4000
+    boxes = random_resized_crop_boxes(n, 32, 40, scale, ratio, "cpu")
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 40).all() and (boxes[:, 3] <= 32).all()
+    assert (w >= 1).all() and (h >= 1).all() and (boxes == boxes.round()).all()
+    image = torch.zeros(3, 32, 40)
+    reference = torch.tensor([RandomResizedCrop.get_params(image, list(scale), list(ratio))
+                              for _ in range(n)], dtype=torch.float)  # (top, left, h, w)
+    for ours, theirs in ((w * h / (32 * 40), reference[:, 2] * reference[:, 3] / (32 * 40)),
+                         (w / h, reference[:, 3] / reference[:, 2]),
+                         (boxes[:, 0] / (40 - w + 1), reference[:, 1] / (40 - reference[:, 3] + 1))):
+        assert abs(ours.mean() - theirs.mean()) < 0.02
+        assert abs(ours.std() - theirs.std()) < 0.02
+    # no try fits (a crop larger than the image): the centre crop, as torchvision falls back
+    wide = random_resized_crop_boxes(5, 32, 100, (1.0, 1.0), ratio, "cpu")
+    assert wide.tolist() == [[28.0, 0.0, 71.0, 32.0]] * 5  # h 32, w round(32 * 4/3), centred
+
+
+def test_device_crop_of_the_whole_image_is_the_image_and_shrinking_averages():
+    from pretrain.data.device_bank import crop_resize
+
+    images = (torch.rand(4, 3, 32, 32) * 255).round()
+    whole = torch.tensor([[0.0, 0.0, 32.0, 32.0]] * 4)
+    torch.testing.assert_close(crop_resize(images, whole, 32), images, atol=1e-3, rtol=0)
+    # 32 -> 16: every output pixel averages its 2 x 2 input pixels (no aliasing)
+    torch.testing.assert_close(crop_resize(images, whole, 16),
+                               torch.nn.functional.avg_pool2d(images, 2), atol=1e-3, rtol=0)
+
+
+def test_decoded_once_batches_follow_the_sampler_and_refuse_mixed_sizes(shared_data, tmp_path):
+    from pretrain.data import build_pretrain_loader
+    from pretrain.data.datasets import ImageFiles
+    from ssl2det.errors import DatasetError
+
+    root = shared_data / "cifar10-small/test"
+    cfg = load_config("", ["DATA.ROOT", str(root), "INPUT.SIZE", "24", "DATA.DECODE_ONCE", "True",
+                           "SOLVER.BATCH_SIZE", "50", "DATA.NUM_WORKERS", "0",
+                           "OUTPUT_DIR", str(tmp_path)])
+    bank, sampler = build_pretrain_loader(cfg, rank=0, world=1)
+    folder = ImageFiles(str(root))
+    sampler.set_epoch(3, 2)
+    views, labels = next(iter(bank))
+    batch = next(sampler.epoch_batches(3, 2))
+    assert labels.tolist() == [folder.samples[i][1] for i, _ in batch]
+    assert [v.shape for v in views] == [(50, 3, 24, 24)] * 2
+    assert all(0 <= v.min() and v.max() <= 255 for v in views)
+    assert not torch.equal(views[0], views[1])  # two different crops of each image
+    cfg.defrost()
+    cfg.DATA.ROOT = str(shared_data / "imagenet-sample/train")
+    with pytest.raises(DatasetError, match=r"DATA.DECODE_ONCE needs images of one size: .*\.JPEG"):
+        build_pretrain_loader(cfg, rank=0, world=1)

@@ -60,10 +60,11 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         model = torch.compile(model)
     torch.manual_seed(cfg.SEED + rank)  # rank-specific randomness from here on
 
-    loader, sampler = build_pretrain_loader(cfg, rank, world)
+    loader, sampler = build_pretrain_loader(cfg, rank, world, device)
     fp16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    augment = DeviceAugment(cfg) if cfg.INPUT.AUGMENT_ON_DEVICE else None
+    on_device = cfg.INPUT.AUGMENT_ON_DEVICE or cfg.DATA.DECODE_ONCE
+    augment = DeviceAugment(cfg) if on_device else None
     trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler,
                               device_transform=augment)
 
