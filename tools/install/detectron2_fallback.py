@@ -102,6 +102,12 @@ def download_sdist(python: str, cache_dir: Path, log_path: Path, search=None) ->
     if local:
         shutil.copyfile(local[0], cache_dir / filename)
         return cache_dir / filename
+    # pip reads the sdist's metadata with setup.py; a setuptools older than 70.1 (a fresh Python
+    # 3.11 venv's) can only do that with the wheel package
+    probe = ("import importlib.util as u, sys; sys.exit(not (u.find_spec('wheel') or "
+             "u.find_spec('setuptools.command.bdist_wheel')))")
+    if run_logged([python, "-c", probe], log_path) != 0:
+        run_logged([python, "-m", "pip", "install", "wheel"], log_path)
     code = run_logged([python, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
                        "--no-binary", ":all:", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", cache_dir],
                       log_path)
