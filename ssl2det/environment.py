@@ -42,6 +42,24 @@ def devices():
     return found
 
 
+def git_commit(folder=None) -> str:
+    """The commit of the checkout this code runs from, "+ local changes" when it has some, or
+    "not a git checkout"."""
+    import subprocess
+
+    folder = folder or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, text=True,
+                                capture_output=True, timeout=10)
+        if commit.returncode:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=folder, text=True, capture_output=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not found)"
+    return commit.stdout.strip() + (" + local changes" if dirty.strip() else "")
+
+
 def collect_env():
     """Rows of (name, value) describing the environment."""
     import torch
@@ -50,7 +68,7 @@ def collect_env():
     rows = [
         ("python", f"{sys.version.split()[0]} ({sys.executable})"),
         ("platform", platform.platform()),
-        ("ssl2det", _version("ssl2det")),
+        ("ssl2det", f"{_version('ssl2det')}, commit {git_commit()}"),
         ("torch", f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})"),
         ("torchvision", _version("torchvision")),
         ("detectron2", f"{_version('detectron2')}, {build} build: {detail}"),

@@ -23,10 +23,11 @@ LAYERS = (
     ("pretrain.engine",),
     ("pretrain", "pretrain.cli", "pretrain.launch", "pretrain.__main__"),  # entry points
     ("transfer.convert", "transfer.data", "transfer.modeling", "transfer.semseg_labels",
-     "transfer.metrics", "transfer.layout"),
+     "transfer.metrics", "transfer.layout", "transfer.spec"),
     ("transfer.config", "transfer.checkpoint", "transfer.visualize"),
     ("transfer.trainer",),
     ("transfer.train_net", "transfer.report"),  # entry point; the report reads the run layout
+    ("transfer.preflight",),  # checks a run's inputs as train_net will read them
     ("transfer", "transfer.pipeline"),  # the pipeline runs the entry points of both stages
 )
 

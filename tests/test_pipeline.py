@@ -32,8 +32,25 @@ def _run(run_file, *flags):
     return result.stdout
 
 
+def _torchvision_r50(path):
+    """A torchvision-layout ResNet-50 state dict, as a user's supervised weights would be."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
-def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
+def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(tmp_path):
+    """Pretraining and a torchvision checkpoint file as a second backbone, each fine-tuned with
+    two seeds: the report's mean ± std are those of the per-seed final_metrics.json, the
+    published number sits beside them, every section is there; a killed seed resumes while
+    every finished stage is skipped, changed inputs make stages stale. (The random backbone
+    runs in the demo and the other pipeline tests.)"""
+    import statistics
+
     voc = _mini_voc(tmp_path / "voc")
     out = tmp_path / "run"
     tiny = REPO / "datasets" / "cifar10_tiny"
@@ -47,48 +64,62 @@ def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
                                       ["mini_test", str(voc), "test"]],
                      "voc_classes": "raccoon"},
         "pretrain": [{"name": "simclr", "config": "configs/demo/simclr_r50_small.yaml",
-                      "overrides": quick_pretrain},
-                     {"name": "simclr_infocl_rc",
-                      "config": "configs/demo/infocl_rc_simclr_r50_small.yaml",
                       "overrides": quick_pretrain}],
+        "backbones": [{"name": "supervised", "weights": str(_torchvision_r50(tmp_path / "r50.pth")),
+                       "label": "torchvision layout", "source": "a file on disk"}],
+        "repeats": 2,
         "transfer": [{"name": "det", "config": "configs/demo/voc_raccoon_faster_rcnn.yaml",
                       "overrides": ["DATASETS.TRAIN", '("mini_train",)',
                                     "DATASETS.TEST", '("mini_test",)', "SOLVER.MAX_ITER", "2",
-                                    "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"]}],
+                                    "SOLVER.CHECKPOINT_PERIOD", "1",
+                                    "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"],
+                      "backbones": ["simclr", "supervised"], "baseline": "supervised",
+                      "metric": "bbox/AP50",
+                      "reference": [{"label": "supervised R50, VOC07+12", "metric": "bbox/AP50",
+                                     "value": 81.3, "source": "MoCo, He et al. 2020"}]}],
         "report": {"predictions": 2},
     }
     run_file = tmp_path / "run.yaml"
     run_file.write_text(yaml.safe_dump(spec))
 
     first = _run(run_file)
+    assert "pre-flight: 11 stages, every input found" in first
     report = (out / "report.md").read_text()
-    for section in ("## Results", "## The run", "## Pretraining", "## Fine-tuning",
+    for section in ("## Results", "## What ran", "## Pretraining", "## Fine-tuning",
                     "## Predictions"):
         assert section in report
-    for backbone in ("random", "simclr", "simclr_infocl_rc"):
-        assert f"| det | {backbone} |" in report and f"| det | {backbone} |" in first
+    rows = {line.split(" | ")[1]: line for line in report.splitlines()  # the results table
+            if line.startswith("| det |") and ("measured |" in line or "(published)" in line)}
+    for backbone, label in (("simclr", "simclr"), ("supervised", "supervised (torchvision layout)")):
+        ap50 = [json.loads((out / f"evaluate/det/{run}/final_metrics.json").read_text())
+                ["bbox"]["AP50"] for run in (backbone, f"{backbone}-seed1")]
+        cell = f"{statistics.mean(ap50):.2f} ± {statistics.stdev(ap50):.2f}"
+        assert cell in rows[label] and "| 2 | 4 | measured |" in rows[label], rows[label]
+        losses = [[r["total_loss"] for r in map(json.loads, (out / f"finetune/det/{run}/metrics.json")
+                                                .read_text().splitlines()) if "total_loss" in r]
+                  for run in (backbone, f"{backbone}-seed1")]
+        assert losses[0] != losses[1]  # two seeds, two different fine-tunings
         assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 2
-    assert "bbox/AP50" in report
+    assert "| 81.30 |" in rows["supervised R50, VOC07+12 (published)"]
+    assert "MoCo, He et al. 2020" in rows["supervised R50, VOC07+12 (published)"]
+    assert "| det | simclr | supervised (torchvision layout) | bbox/AP50 |" in report
+    assert "noise" in report
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 + 6  # 3 curves + 6 predictions, embedded
-    assert "kNN top-1" in report
+    assert html.count("data:image/png;base64,") == 4 + 4  # 3 curves + chart, 4 predictions
 
-    second = _run(run_file)
-    assert second.count("complete, skipped") == 2 + 2 + 3 + 3
-    assert "..." not in second.replace("[pipeline 11/11] report", "")
-
-    # Interrupt the pretraining of 'simclr' after its first iteration (what a kill right after
-    # that checkpoint leaves) and lose one evaluation: exactly those stages run again.
-    run = out / "pretrain" / "simclr"
-    (run / "model_final.pth").unlink()
-    (run / "model_0000001.pth").unlink()
-    (run / "last_checkpoint").write_text("model_0000000.pth")
-    (out / "evaluate/det/simclr/final_metrics.json").unlink()
+    # Interrupt the fine-tuning of seed 1 from simclr after its first iteration (what a kill
+    # right after that checkpoint leaves) and lose its evaluation: exactly those stages run.
+    seed = out / "finetune/det/simclr-seed1"
+    (seed / "model_final.pth").unlink()
+    (seed / "last_checkpoint").write_text("model_0000000.pth")
+    (out / "evaluate/det/simclr-seed1/final_metrics.json").unlink()
     third = _run(run_file)
-    assert "pretrain simclr ..." in third and "continuing at iteration 1" in third
-    assert "evaluate det from simclr ..." in third
-    assert third.count("complete, skipped") == 2 + 2 + 3 + 3 - 2
-    assert (run / "model_final.pth").is_file()
+    assert "fine-tune det from simclr-seed1 ..." in third
+    assert "evaluate det from simclr-seed1 ..." in third
+    assert third.count("complete, skipped") == 11 - 2  # and nothing else ran
+    assert "Loading checkpoint from" in (seed / "finetune.log").read_text().split("model_0000000")[0][-300:] \
+        or "model_0000000.pth" in (seed / "finetune.log").read_text()
+    assert (seed / "model_final.pth").is_file()
 
     # The run file changes under finished stages (here what the evaluation draws): they are
     # stale. Kept with --keep-stale, and the report says so; redone without it, the outputs of
@@ -96,16 +127,56 @@ def test_shortened_pipeline_end_to_end_skip_and_resume(tmp_path):
     spec["report"]["predictions"] = 1
     run_file.write_text(yaml.safe_dump(spec))
     kept = _run(run_file, "--keep-stale")
-    assert kept.count("STALE (its inputs changed since it ran)") == 3
-    assert "..." not in kept.replace("[pipeline 11/11] report", "")
+    assert kept.count("STALE (its inputs changed since it ran)") == 4
     assert "| det | simclr (STALE) |" in (out / "report.md").read_text()
     redone = _run(run_file)
-    assert redone.count("its inputs changed since its outputs were made") == 3
-    assert redone.count("complete, skipped") == 2 + 2 + 3
-    for backbone in ("random", "simclr", "simclr_infocl_rc"):
+    assert redone.count("its inputs changed since its outputs were made") == 4
+    assert redone.count("complete, skipped") == 11 - 4
+    for backbone in ("simclr", "supervised"):
         assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 1
         assert list((out / "evaluate/det").glob(f"{backbone}.stale-*/final_metrics.json"))
     assert "STALE" not in (out / "report.md").read_text()
+
+
+def test_preflight_lists_every_missing_input_before_any_stage_starts(tmp_path):
+    """A run file with a missing VOC folder, a missing weights file, an empty image folder and
+    a bad override: one error lists all of them within seconds, and no stage has started."""
+    (tmp_path / "empty" / "class").mkdir(parents=True)
+    out = tmp_path / "run"
+    spec = {"output_dir": str(out),
+            "datasets": {"register_voc": [["gone_train", str(tmp_path / "no_voc"), "train"]]},
+            "pretrain": [{"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+                          "overrides": ["DATA.ROOT", str(tmp_path / "empty"),
+                                        "SOLVER.MAX_ITER", "2"]},
+                         {"name": "b", "config": "configs/demo/simclr_r50_small.yaml",
+                          "overrides": ["SOLVER.NO_SUCH_KEY", "1"]}],
+            "backbones": [{"name": "sup", "weights": str(tmp_path / "missing.pth")}],
+            "transfer": [{"name": "det", "config": "configs/demo/voc_raccoon_faster_rcnn.yaml",
+                          "overrides": ["DATASETS.TRAIN", '("gone_train",)'],
+                          "backbones": ["random", "a", "sup"]}]}
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(spec))
+    for flags in ([], ["--check"]):
+        result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
+                                 *flags], capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert result.returncode == 2
+        err = result.stderr
+        assert "pre-flight found" in err and "nothing was started" in err, err
+        assert f"{tmp_path / 'empty'} holds no image" in err
+        assert "SOLVER.NO_SUCH_KEY" in err
+        assert f"{tmp_path / 'missing.pth'} does not exist" in err
+        assert "VOC Annotations not found" in err and str(tmp_path / "no_voc") in err
+        assert "Traceback" not in err
+        assert not out.exists()  # no stage started, nothing written
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"output_dir": str(out), "pretrain": [
+        {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+         "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]}))
+    check = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(good), "--check"],
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert check.returncode == 0 and "1 stage, every input found" in check.stdout
+    assert f"{DATA / 'unlabeled'} (" in check.stdout and not out.exists()
 
 
 def test_a_stage_is_stale_exactly_when_what_it_is_made_from_changed(tmp_path):

@@ -91,28 +91,40 @@ def register_builtin_voc_semseg(root=None):
                                       ignore_label=255, evaluator_type="sem_seg", dirname=voc_dir)
 
 
-def check_datasets(names) -> None:
-    """Every data set a run names is registered and has its files where its metadata says, or a
-    ConfigError names what is missing, before any work starts (detectron2 would fail later,
-    with a traceback, and for its builtin sets without naming DETECTRON2_DATASETS)."""
-    registered = set(DatasetCatalog.list())
+def dataset_problems(names) -> list:
+    """What keeps the data sets `names` from being used: unregistered names and files missing
+    where their metadata says (detectron2 would fail later, with a traceback, and for its
+    builtin sets without naming DETECTRON2_DATASETS). One message per problem."""
+    registered, problems = set(DatasetCatalog.list()), []
     for name in names:
         if name not in registered:
-            raise ConfigError(f"data set {name!r} is not registered: register it with "
-                              "--register-coco / --register-voc / --register-semseg, or use one "
-                              "of detectron2's builtin names (coco_2017_train, voc_2007_test, ...)")
+            problems.append(f"data set {name!r} is not registered: register it with "
+                            "--register-coco / --register-voc / --register-semseg (a pipeline: "
+                            "datasets:), or use one of detectron2's builtin names "
+                            "(coco_2017_train, voc_2007_test, ...)")
+            continue
         metadata = MetadataCatalog.get(name)
         for key in ("json_file", "image_root", "dirname", "sem_seg_root"):
             path = metadata.get(key, None)
             if path and not os.path.exists(path):
                 root = os.getenv("DETECTRON2_DATASETS")
-                raise ConfigError(
+                problems.append(
                     f"data set {name}: {path} does not exist. detectron2 finds its builtin data "
                     "sets under $DETECTRON2_DATASETS ("
                     + (f"now {root}" if root else "unset, so ./datasets") + "), in its layout: "
                     "coco/annotations/instances_{train,val}2017.json with coco/{train,val}2017/, "
                     "VOC2007/ and VOC2012/ with Annotations/, JPEGImages/, ImageSets/. Set the "
                     "variable, or register the data set from the command line.")
+                break
+    return problems
+
+
+def check_datasets(names) -> None:
+    """Raise a ConfigError naming the first problem of dataset_problems(names), before any work
+    starts."""
+    problems = dataset_problems(names)
+    if problems:
+        raise ConfigError(problems[0])
 
 
 class SkipUnreadableImages(torch.utils.data.Dataset):

@@ -7,7 +7,7 @@ names (the stages write there, the report and the study read from there).
     OUTPUT_DIR/probe/RUN/probe.json               kNN and linear-probe top-1 of its frozen encoder
     OUTPUT_DIR/finetune/TASK/BACKBONE/            a fine-tuning run (model_final.pth, metrics.json)
     OUTPUT_DIR/evaluate/TASK/BACKBONE/            its evaluation (final_metrics.json, predictions/)
-    OUTPUT_DIR/report.md, report.html, report_files/
+    OUTPUT_DIR/REPORT.md, REPORT.html, REPORT_files/  REPORT: "report" unless the run file names it
 """
 
 from dataclasses import dataclass
@@ -50,6 +50,9 @@ class RunLayout:
     def evaluate(self, task: str, backbone: str) -> Path:
         return self.root / "evaluate" / task / backbone
 
-    @property
-    def report_files(self) -> Path:
-        return self.root / "report_files"
+    def report(self, name: str = "report") -> Path:
+        """The report's Markdown file; the HTML and the figures' folder sit beside it."""
+        return self.root / f"{name}.md"
+
+    def report_files(self, name: str = "report") -> Path:
+        return self.root / f"{name}_files"

@@ -4,6 +4,7 @@
 import json
 import os
 
+from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
@@ -27,11 +28,13 @@ def headline(results) -> dict:
 
 def save_final_metrics(cfg, results) -> str:
     """Write the evaluation results as JSON in OUTPUT_DIR, with how the run ran ("run": world
-    size, batch after detectron2's rescaling, images per process); returns the path."""
+    size, batch after detectron2's rescaling, images per process, test images); returns the
+    path."""
     world = comm.get_world_size()
     batch = DefaultTrainer.auto_scale_workers(cfg, world).SOLVER.IMS_PER_BATCH
     run = {"world_size": world, "ims_per_batch": batch, "images_per_process": batch / world,
-           "reference_world_size": cfg.SOLVER.REFERENCE_WORLD_SIZE}
+           "reference_world_size": cfg.SOLVER.REFERENCE_WORLD_SIZE,
+           "test_images": sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TEST)}
     path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS)
     text = json.dumps({**results, "run": run}, indent=1, default=float)
     atomic_write(path, lambda f: f.write(text.encode()))

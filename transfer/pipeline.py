@@ -12,17 +12,24 @@ A run is one YAML file (see configs/pipeline/demo.yaml):
     probe:                            # optional: kNN + linear probe of each run's frozen encoder
       {train_root: DIR, val_root: DIR, linear_epochs: 100, linear_protocol: ours,
        baseline: true, overrides: [...]}
+    backbones:                        # optional: weights from files, converted like ours
+      - {name: supervised, weights: /data/r50.pth, label: "supervised ImageNet", source: URL}
     transfer:                         # one entry per downstream task
-      - {name: voc, config: configs/..., overrides: [...], backbones: [random, simclr]}
+      - {name: voc, config: configs/..., overrides: [...], backbones: [random, simclr],
+         baseline: random, metric: bbox/AP50, repeats: 5,
+         reference: [{label: ..., metric: bbox/AP50, value: 81.3, source: ...}]}
+    repeats: 3                        # seeds per fine-tuning (default 1; transfer/spec.py)
     launch: {num_gpus: 8}             # GPUs per stage (default: one process, GPU or CPU)
-    report: {predictions: 3}
+    report: {predictions: 3, name: report}   # what it draws; REPORT.md, REPORT.html
 
 Config paths are taken as given (relative to the working directory), else relative to the run
 file's folder or one of its parents. Each stage works in its own folder (transfer/layout.py) and
 is skipped when its outputs are complete; an interrupted stage resumes (pretraining and
 fine-tuning from their last checkpoint). Every stage is a child process running one of the
 packages' entry points (`python -m pretrain`, `python -m transfer.train_net`, ...); its output
-goes to a log in the stage's folder.
+goes to a log in the stage's folder. Before any stage starts, a pre-flight (transfer/preflight.py)
+checks every input the run will need and lists everything missing at once; `--check` runs only
+that.
 """
 
 import functools
@@ -38,115 +45,17 @@ from pathlib import Path
 from pretrain.config import PROBE_KEYS, load_config
 from pretrain.config import RUNTIME_KEYS as PRETRAIN_RUNTIME_KEYS
 from pretrain.launch import launch_command
-from ssl2det.config import config_values, key_in, read_yaml_mapping
-from ssl2det.errors import UserError, one_line_errors
+from ssl2det.config import config_values, key_in
+from ssl2det.errors import one_line_errors
 from ssl2det.io import atomic_write
 from ssl2det.process import log_tail, run_logged
 
 from .config import RUNTIME_KEYS as TRANSFER_RUNTIME_KEYS
 from .config import merge_config
-from .layout import RANDOM, RunLayout
+from .layout import RANDOM
+from .preflight import preflight
 from .report import write_report
-
-
-class PipelineError(UserError, ValueError):
-    """A bad run file or a failed stage; the message says which and where the log is."""
-
-
-@dataclass
-class PretrainRun:
-    name: str
-    config: str
-    overrides: list = field(default_factory=list)
-
-
-@dataclass
-class TransferTask:
-    name: str
-    config: str
-    overrides: list = field(default_factory=list)
-    backbones: list = field(default_factory=list)
-
-
-@dataclass
-class ProbeSettings:
-    """Frozen-encoder evaluation of the pretraining runs (pretrain/eval)."""
-
-    train_root: str
-    val_root: str
-    linear_epochs: int = 100
-    baseline: bool = True  # also probe a randomly initialised encoder (named RANDOM)
-    linear_protocol: str = "ours"  # or "infocl" (pretrain/eval/linear.py)
-    overrides: list = field(default_factory=list)
-
-
-@dataclass
-class PipelineSpec:
-    layout: RunLayout
-    pretrain: list
-    transfer: list
-    dataset_args: list
-    probe: ProbeSettings = None
-    predictions: int = 3
-    source: str = ""
-    num_gpus: int = 0  # > 1: pretraining through torchrun, train_net --num-gpus
-
-
-def _resolve(path: str, run_file: Path) -> str:
-    """A config path as given, else relative to the run file's folder or one of its parents."""
-    if os.path.exists(path):
-        return path
-    folder = run_file.resolve().parent
-    for base in (folder, *folder.parents):
-        if (base / path).exists():
-            return str(base / path)
-    raise PipelineError(f"config not found: {path} (looked in . and above {folder})")
-
-
-def _strings(values) -> list:
-    return [str(v) for v in values or []]
-
-
-def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
-    run_file = Path(path)
-    raw = read_yaml_mapping(path, "run file")
-    allowed = {"output_dir", "datasets", "pretrain", "probe", "transfer", "report", "launch"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    try:
-        pretrain = [PretrainRun(r["name"], _resolve(r["config"], run_file),
-                                _strings(r.get("overrides")))
-                    for r in raw.get("pretrain", [])]
-        names = [r.name for r in pretrain]
-        transfer = [TransferTask(t["name"], _resolve(t["config"], run_file),
-                                 _strings(t.get("overrides")), t.get("backbones", [RANDOM, *names]))
-                    for t in raw.get("transfer", [])]
-        probe = raw.get("probe")
-        probe = ProbeSettings(str(probe["train_root"]), str(probe["val_root"]),
-                              int(probe.get("linear_epochs", 100)), bool(probe.get("baseline", True)),
-                              str(probe.get("linear_protocol", "ours")),
-                              _strings(probe.get("overrides"))) if probe else None
-    except (KeyError, TypeError) as e:
-        raise PipelineError(f"{path}: every pretrain/transfer entry needs 'name' and 'config', "
-                            f"probe needs 'train_root' and 'val_root' ({e})") from None
-    for task in transfer:
-        bad = [b for b in task.backbones if b != RANDOM and b not in names]
-        if bad:
-            raise PipelineError(f"{path}: transfer '{task.name}' names backbones {bad} that no "
-                                f"pretrain entry defines (known: {sorted(names)} and '{RANDOM}')")
-    datasets = raw.get("datasets", {}) or {}
-    args = []
-    for name, json_file, image_dir in datasets.get("register_coco", []):
-        args += ["--register-coco", name, json_file, image_dir]
-    for name, voc_dir, split in datasets.get("register_voc", []):
-        args += ["--register-voc", name, voc_dir, split]
-    if datasets.get("voc_classes"):
-        args += ["--voc-classes", str(datasets["voc_classes"])]
-    out = Path(output_dir or raw.get("output_dir") or "output/pipeline")
-    return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe,
-                        int((raw.get("report") or {}).get("predictions", 3)), run_file.read_text(),
-                        int((raw.get("launch") or {}).get("num_gpus", 0)))
+from .spec import PipelineError, load_spec, replicate_name
 
 
 def _fingerprint(inputs) -> str:
@@ -195,10 +104,15 @@ class Stage:
         except (OSError, ValueError):
             return None
 
-    def write_record(self, fingerprint: str):
+    def write_record(self, fingerprint: str, seconds: float = None):
+        """The record: the hash of the inputs, the command, the effective config and, once the
+        stage has finished, its wall time (the report's "what ran")."""
         self.record.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"hash": fingerprint, "command": [str(c) for c in self.command()],
-                           "config": self.effective_config()}, indent=1)
+        record = {"hash": fingerprint, "command": [str(c) for c in self.command()],
+                  "config": self.effective_config()}
+        if seconds is not None:
+            record["seconds"] = round(seconds, 1)
+        text = json.dumps(record, indent=1)
         atomic_write(str(self.record), lambda f: f.write(text.encode()))
 
     def set_aside(self) -> list:
@@ -232,16 +146,21 @@ def _final_checkpoint_done(folder: Path) -> bool:
 class PretrainStage(Stage):
     kind = "pretrain"
 
-    def __init__(self, spec, run: PretrainRun):
-        super().__init__(spec.layout.pretrain(run.name), f"pretrain {run.name}",
-                         ("pretrain", run.name))
-        self.run_spec, self.num_gpus = run, max(1, spec.num_gpus)
+    def __init__(self, spec, run, replicate: int = 0):
+        self.name = replicate_name(run.name, replicate)
+        super().__init__(spec.layout.pretrain(self.name), f"pretrain {self.name}",
+                         ("pretrain", self.name))
+        self.run_spec, self.replicate, self.num_gpus = run, replicate, max(1, spec.num_gpus)
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
     def opts(self):
-        return [*self.run_spec.overrides, "OUTPUT_DIR", str(self.folder)]
+        seed = []
+        if self.replicate:  # replicate r: the config's seed + r
+            seed = ["SEED", str(load_config(self.run_spec.config, self.run_spec.overrides).SEED
+                                + self.replicate)]
+        return [*self.run_spec.overrides, *seed, "OUTPUT_DIR", str(self.folder)]
 
     def command(self):
         return launch_command(self.run_spec.config, self.num_gpus, resume=True, opts=self.opts())
@@ -258,14 +177,16 @@ class PretrainStage(Stage):
 
 
 class ConvertStage(Stage):
+    """A pretraining run's encoder, or an external backbone's file, in detectron2's format."""
+
     kind = "convert"
 
-    def __init__(self, spec, run: PretrainRun):
-        self.target = spec.layout.converted(run.name)
-        super().__init__(self.target.parent, f"convert {run.name}", ("convert", run.name))
+    def __init__(self, spec, name: str, source: Path, upstream_key=None):
+        self.target = spec.layout.converted(name)
+        super().__init__(self.target.parent, f"convert {name}", ("convert", name))
         self.outputs = [self.target]
         self.record = self.target.with_suffix(".stage.json")
-        self.source, self.run_name = spec.layout.pretrain_checkpoint(run.name), run.name
+        self.source, self.upstream_key = source, upstream_key
 
     def is_complete(self):
         return self.target.is_file()
@@ -274,7 +195,13 @@ class ConvertStage(Stage):
         return [sys.executable, "-m", "transfer.convert", self.source, self.target]
 
     def inputs(self, upstream):
-        return {"pretrain": upstream[("pretrain", self.run_name)]}
+        if self.upstream_key:
+            return {"pretrain": upstream[self.upstream_key]}
+        try:  # a file the user gave: its path, size and time stand for its content
+            stat = os.stat(self.source)
+            return {"file": str(self.source), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        except OSError:
+            return {"file": str(self.source)}
 
 
 class ProbeStage(Stage):
@@ -283,14 +210,16 @@ class ProbeStage(Stage):
 
     kind = "probe"
 
-    def __init__(self, spec, run: PretrainRun, random: bool = False):
-        self.name = RANDOM if random else run.name
+    def __init__(self, spec, run, replicate: int = 0, random: bool = False):
+        self.name = RANDOM if random else replicate_name(run.name, replicate)
         super().__init__(spec.layout.probe(self.name), f"probe {self.name}", ("probe", self.name))
-        self.settings, self.result, self.run_spec = spec.probe, spec.layout.probe_result(self.name), run
+        self.settings, self.result = spec.probe, spec.layout.probe_result(self.name)
+        self.pretrain = None if random else PretrainStage(spec, run, replicate)
         if random:
             self.encoder = ["--random-init", "--config-file", run.config, *run.overrides]
         else:  # the run's own config.yaml, beside its checkpoint
-            self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(run.name)]
+            self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(self.name)]
+        self.run_spec = run
 
     def is_complete(self):
         return self.result.is_file()
@@ -304,32 +233,36 @@ class ProbeStage(Stage):
 
     def inputs(self, upstream):
         s = self.settings
-        config = config_values(load_config(self.run_spec.config, self.run_spec.overrides))
-        return {"encoder": upstream[("pretrain", self.name)] if self.name != RANDOM else RANDOM,
-                "config": {k: v for k, v in config.items() if key_in(k, PROBE_KEYS)},
+        config = (self.pretrain.config if self.pretrain else
+                  load_config(self.run_spec.config, self.run_spec.overrides))
+        return {"encoder": upstream[("pretrain", self.name)] if self.pretrain else RANDOM,
+                "config": {k: v for k, v in config_values(config).items()
+                           if key_in(k, PROBE_KEYS)},
                 "probe": [s.train_root, s.val_root, s.linear_epochs, s.linear_protocol,
                           s.overrides]}
 
 
 class TrainNetStage(Stage):
-    """A `python -m transfer.train_net` run of a transfer task from one backbone."""
+    """A `python -m transfer.train_net` run of a transfer task from one backbone, one seed."""
 
-    def __init__(self, spec, task: TransferTask, backbone: str, folder: Path, label: str,
+    def __init__(self, spec, task, backbone: str, replicate: int, folder: Path, label: str,
                  key: tuple):
         super().__init__(folder, label, key)
-        self.spec, self.task, self.backbone = spec, task, backbone
+        self.spec, self.task, self.backbone, self.replicate = spec, task, backbone, replicate
+        self.weights_from = spec.backbone_replicate(backbone, replicate)
 
     def train_net(self, *flags):
         return [sys.executable, "-m", "transfer.train_net", "--config-file", self.task.config,
                 *flags, "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
-                *self.task.overrides, *self.extra_opts()]
+                *self.task.overrides, "SEED", self.replicate, *self.extra_opts()]
 
     def extra_opts(self) -> list:
         raise NotImplementedError
 
     @functools.cached_property
     def config(self):
-        return merge_config(self.task.config, [*self.task.overrides, *map(str, self.extra_opts())])
+        return merge_config(self.task.config, [*self.task.overrides, "SEED", str(self.replicate),
+                                               *map(str, self.extra_opts())])
 
     def config_inputs(self):
         """The results-deciding config, with MODEL.WEIGHTS left to the upstream record."""
@@ -340,20 +273,29 @@ class TrainNetStage(Stage):
         return self.config.dump()
 
 
+def _weights(spec, backbone: str) -> str:
+    """MODEL.WEIGHTS for a backbone replicate: "" (random), a detectron2 .pkl given as is, or
+    the converted file."""
+    external = spec.external.get(backbone)
+    if external and external.is_detectron2:
+        return external.weights
+    return spec.layout.weights_for(backbone)
+
+
 class FinetuneStage(TrainNetStage):
     kind = "finetune"
 
-    def __init__(self, spec, task, backbone):
-        super().__init__(spec, task, backbone, spec.layout.finetune(task.name, backbone),
-                         f"fine-tune {task.name} from {backbone}",
-                         ("finetune", task.name, backbone))
+    def __init__(self, spec, task, backbone, replicate=0):
+        run = replicate_name(backbone, replicate)
+        super().__init__(spec, task, backbone, replicate, spec.layout.finetune(task.name, run),
+                         f"fine-tune {task.name} from {run}", ("finetune", task.name, run))
 
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
     def extra_opts(self):
         # No evaluation here (DATASETS.TEST empty): the evaluate stage does it once.
-        return ["MODEL.WEIGHTS", self.spec.layout.weights_for(self.backbone),
+        return ["MODEL.WEIGHTS", _weights(self.spec, self.weights_from),
                 "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
 
     def command(self):
@@ -361,17 +303,18 @@ class FinetuneStage(TrainNetStage):
 
     def inputs(self, upstream):
         return {**self.config_inputs(),
-                "backbone": upstream.get(("convert", self.backbone), self.backbone)}
+                "backbone": upstream.get(("convert", self.weights_from), self.weights_from)}
 
 
 class EvaluateStage(TrainNetStage):
     kind = "evaluate"
 
-    def __init__(self, spec, task, backbone):
-        super().__init__(spec, task, backbone, spec.layout.evaluate(task.name, backbone),
-                         f"evaluate {task.name} from {backbone}",
-                         ("evaluate", task.name, backbone))
-        self.weights = spec.layout.finetune(task.name, backbone) / "model_final.pth"
+    def __init__(self, spec, task, backbone, replicate=0):
+        run = replicate_name(backbone, replicate)
+        super().__init__(spec, task, backbone, replicate, spec.layout.evaluate(task.name, run),
+                         f"evaluate {task.name} from {run}", ("evaluate", task.name, run))
+        self.weights = spec.layout.finetune(task.name, run) / "model_final.pth"
+        self.finetune_key = ("finetune", task.name, run)
 
     def is_complete(self):
         return (self.folder / "final_metrics.json").is_file()
@@ -384,21 +327,28 @@ class EvaluateStage(TrainNetStage):
 
     def inputs(self, upstream):
         return {**self.config_inputs(), "predictions": self.spec.predictions,
-                "finetune": upstream[("finetune", self.task.name, self.backbone)]}
+                "finetune": upstream[self.finetune_key]}
 
 
-def build_stages(spec: PipelineSpec):
-    used = {b for task in spec.transfer for b in task.backbones}
-    stages = [PretrainStage(spec, r) for r in spec.pretrain]
-    stages += [ConvertStage(spec, r) for r in spec.pretrain if r.name in used]
+def build_stages(spec):
+    pretrain = [PretrainStage(spec, r, k) for r in spec.pretrain for k in range(r.repeats)]
+    used = {spec.backbone_replicate(b, k) for task in spec.transfer for b in task.backbones
+            for k in range(task.repeats)}
+    stages = list(pretrain)
+    stages += [ConvertStage(spec, p.name, spec.layout.pretrain_checkpoint(p.name), p.key)
+               for p in pretrain if p.name in used]
+    stages += [ConvertStage(spec, b.name, Path(b.weights)) for b in spec.external.values()
+               if b.name in used and not b.is_detectron2]
     if spec.probe:
-        stages += [ProbeStage(spec, r) for r in spec.pretrain]
+        stages += [ProbeStage(spec, r, k) for r in spec.pretrain for k in range(r.repeats)]
         if spec.probe.baseline and spec.pretrain:
             stages.append(ProbeStage(spec, spec.pretrain[0], random=True))
     for task in spec.transfer:
-        stages += [FinetuneStage(spec, task, b) for b in task.backbones]
+        stages += [FinetuneStage(spec, task, b, k) for b in task.backbones
+                   for k in range(task.repeats)]
     for task in spec.transfer:
-        stages += [EvaluateStage(spec, task, b) for b in task.backbones]
+        stages += [EvaluateStage(spec, task, b, k) for b in task.backbones
+                   for k in range(task.repeats)]
     return stages
 
 
@@ -425,16 +375,18 @@ def _echo_progress(line: str):
         print("    " + (message.group(1) if message else line.strip())[:160], flush=True)
 
 
-def run_pipeline(spec: PipelineSpec, echo=_echo_progress, keep_stale=False):
-    """Run the stages that are not complete, then write the report; returns its path.
+def run_pipeline(spec, echo=_echo_progress, keep_stale=False):
+    """Check every input (the pre-flight), run the stages that are not complete, then write the
+    report; returns its path.
 
     A complete stage whose inputs have changed since (another config, override or upstream
     result) is stale: its outputs are moved aside and it runs again; with `keep_stale` it is
     skipped and reported as stale."""
+    stages = build_stages(spec)
+    print(f"[pipeline] pre-flight: {preflight(spec, stages)}", flush=True)
     spec.layout.root.mkdir(parents=True, exist_ok=True)
     spec.layout.run_file.write_text(spec.source)
-    stages = build_stages(spec)
-    hashes = fingerprints(stages)  # every config is read here: a bad one fails before any work
+    hashes = fingerprints(stages)
     stale = []
     start = time.time()
     for i, stage in enumerate(stages, 1):
@@ -443,7 +395,10 @@ def run_pipeline(spec: PipelineSpec, echo=_echo_progress, keep_stale=False):
         if stage.is_complete() and current:
             print(f"{prefix}: complete, skipped", flush=True)
             continue
-        if stage.has_outputs() and not current:
+        # Outputs without any record were made outside the pipeline (a pretraining run started
+        # by hand, e.g. on several machines): the stage runs over them, and its own --resume
+        # refuses them if their config differs.
+        if stage.has_outputs() and not current and stage.recorded_hash() is not None:
             if keep_stale and stage.is_complete():
                 print(f"{prefix}: STALE (its inputs changed since it ran), kept as asked",
                       flush=True)
@@ -456,9 +411,11 @@ def run_pipeline(spec: PipelineSpec, echo=_echo_progress, keep_stale=False):
         t = time.time()
         stage.write_record(hashes[stage.key])
         stage.run(echo)
+        stage.write_record(hashes[stage.key], seconds=time.time() - t)
         print(f"{prefix}: done in {time.time() - t:.0f} s", flush=True)
     print(f"[pipeline {len(stages) + 1}/{len(stages) + 1}] report", flush=True)
-    report = write_report(spec, stale)
+    report = write_report(spec, stale, [(stage.label, stage.record, stage.folder)
+                                        for stage in stages])
     print(f"[pipeline] finished in {time.time() - start:.0f} s; report: {report}", flush=True)
     return report
 
@@ -474,8 +431,14 @@ def main(argv=None, description=__doc__):
     parser.add_argument("--keep-stale", action="store_true",
                         help="do not re-run finished stages whose inputs changed; report them as "
                              "stale instead")
+    parser.add_argument("--check", action="store_true",
+                        help="only the pre-flight: check every input the run needs, start nothing")
     args = parser.parse_args(argv)
-    run_pipeline(load_spec(args.run_file, args.output_dir), keep_stale=args.keep_stale)
+    spec = load_spec(args.run_file, args.output_dir)
+    if args.check:
+        print(f"[pipeline] pre-flight: {preflight(spec, build_stages(spec))}")
+        return 0
+    run_pipeline(spec, keep_stale=args.keep_stale)
     return 0
 
 
