@@ -203,25 +203,55 @@ def test_a_stage_is_stale_exactly_when_what_it_is_made_from_changed(tmp_path):
 
 
 @pytest.mark.slow
-def test_objective_study_is_a_pipeline_of_pretraining_and_probe_stages(tmp_path):
-    """tools/objective_study.py on the shipped CIFAR-10 sample: one pretraining run and the
-    random baseline, each probed (kNN + linear); the table holds what the probe stages wrote,
-    and a re-run skips every stage."""
+def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
+    """tools/objective_study.py at tiny settings: two configs x two paired seeds on the shipped
+    CIFAR-10 sample, the training set decoded once on the device, kNN every epoch; the table's
+    mean ± std and paired difference are those of the per-seed probe results, and the timing
+    model says how many epochs fit a budget."""
+    import statistics
+
     tiny = REPO / "datasets" / "cifar10_tiny"
-    cmd = [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path),
-           "--epochs", "1", "--batch-size", "64", "--linear-epochs", "3", "--workers", "0",
-           "--train-root", str(tiny / "train"), "--val-root", str(tiny / "test"),
-           str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml")]
+    configs = [str(REPO / f"configs/pretrain/infocl_cifar10_simclr{s}.yaml") for s in ("", "_rc")]
+    common = ["--epochs", "1", "--batch-size", "50", "--linear-epochs", "3", "--workers", "0",
+              "--train-root", str(tiny / "train"), "--val-root", str(tiny / "test"),
+              "--set", "DATA.DECODE_ONCE", "True", "--set", "MODEL.CHANNELS_LAST", "False",
+              "--set", "SOLVER.MAX_ITER", "2", *configs]
+    cmd = [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path / "study"),
+           "--seeds", "2", "--knn-every", "1", *common]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"infocl_cifar10_simclr", "random"}
-    table = (tmp_path / "results.md").read_text()
-    for name, result in results.items():
-        assert result == json.loads((tmp_path / "probe" / name / "probe.json").read_text())
-        assert 0 <= result["knn_top1"] <= 100 and 0 <= result["linear_top1"] <= 100
-        assert f"| {name} | {result['knn_top1']:.2f} | {result['linear_top1']:.2f} |" in table
-    assert (tmp_path / "pretrain/infocl_cifar10_simclr/model_final.pth").is_file()
-    assert "## Results" in (tmp_path / "report.md").read_text()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0 and second.stdout.count("complete, skipped") == 3
+    out = tmp_path / "study"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"infocl_cifar10_simclr", "infocl_cifar10_simclr_rc", "random"}
+    table = (out / "results.md").read_text()
+    linear = {}
+    for name in ("infocl_cifar10_simclr", "infocl_cifar10_simclr_rc"):
+        seeds = results[name]
+        assert set(seeds) == {"0", "1"}
+        for k, folder in (("0", name), ("1", f"{name}-seed1")):
+            curve = seeds[k].pop("knn_curve")
+            assert curve and all(0 <= top1 <= 100 for _, top1 in curve)
+            assert seeds[k] == json.loads((out / "probe" / folder / "probe.json").read_text())
+        linear[name] = [seeds[k]["linear_top1"] for k in ("0", "1")]
+        knn = [seeds[k]["knn_top1"] for k in ("0", "1")]
+        cell = f"{statistics.mean(knn):.2f} ± {statistics.stdev(knn):.2f}"
+        assert f"| {name} | {cell} |" in table
+    assert seeds["0"] != seeds["1"]  # the seeds give different encoders
+    diffs = [b - a for a, b in zip(linear["infocl_cifar10_simclr"],
+                                   linear["infocl_cifar10_simclr_rc"])]
+    assert f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f};" in table
+    assert "noise (|mean|" in table
+
+    estimate = subprocess.run(
+        [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path / "est"),
+         "--seeds", "2", "--estimate", "600", "--estimate-iters", "3", *common],
+        capture_output=True, text=True, timeout=900)
+    assert estimate.returncode == 0, (estimate.stdout + estimate.stderr)[-4000:]
+    model = json.loads((tmp_path / "est/estimate.json").read_text())
+    assert [r["config"] for r in model["configs"]] == ["infocl_cifar10_simclr",
+                                                       "infocl_cifar10_simclr_rc"]
+    assert model["steps_per_epoch"] == 10 and all(r["epoch_s"] > 0 for r in model["configs"])
+    fits = model["epochs_that_fit"]
+    assert int(estimate.stdout.split()[-1]) == fits
+    cost = (2 * 2 * model["fixed_s_per_run"] + 30 + fits * 2 * sum(r["epoch_s"] for r in model["configs"]))
+    assert cost <= 600 or fits == 0

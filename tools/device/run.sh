@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The one device call: install from the pack, report the environment, run the GPU benchmarks,
+# The one device call: install from the pack, report the environment, then
+#   benchmarks (default): the GPU throughput benchmarks, ours against lightly and detectron2
+#   study: InfoCL's CIFAR-10 SimCLR / +RC / +LBE on the full set, 2 seeds, as many epochs as the
+#          timing model fits in STUDY_SECONDS (default 360), kNN every epoch, the linear probe
 # and write every result to $OUT (at most 8 files come back). Prepared on the CPU, so a lent
-# GPU's minutes go to measuring. docs/performance.md#gpu-runs says how to call it.
+# GPU's minutes go to measuring. docs/performance.md#gpu-runs and docs/results.md say how.
 #
-#   on the device (carry .device):   bash tools/device/run.sh
-#   dry run here, tiny settings:     DRY_RUN=1 PYTHON=.venv/bin/python OUT=/tmp/out bash tools/device/run.sh
+#   on the device (carry .device):   bash tools/device/run.sh [benchmarks|study]
+#   dry run here, tiny settings:     DRY_RUN=1 PYTHON=.venv/bin/python OUT=/tmp/out bash tools/device/run.sh [study]
 #
 # Environment: OUT (required: results), PYTHON (default python3, the image's torch), PACK
 # (default .device, made by tools/device/pack.py), DATA_DIR (default /tmp/ssl2det-data: data
@@ -19,6 +22,8 @@ PACK=${PACK:-.device}
 DATA=${DATA_DIR:-/tmp/ssl2det-data}
 DRY=${DRY_RUN:-0}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+MODE=${1:-benchmarks}
+case $MODE in benchmarks|study) ;; *) echo "usage: run.sh [benchmarks|study]" >&2; exit 2 ;; esac
 LOG=$OUT/log.txt
 START=$(date +%s)
 mkdir -p "$OUT" "$DATA"
@@ -45,7 +50,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi >> "$OUT/env.txt" 2>&1
 
 say "data: unpacking CIFAR-10, tiling imagenet-sample"
 if [ "$DRY" = 1 ]; then REPEAT=1; else REPEAT=40; fi  # 100 images x 40 = 4000: 15 batches of 256
-[ -d "$DATA/cifar10/train" ] || tar xzf "$PACK/data/cifar10-jpg.tar.gz" -C "$DATA" || exit 1
+if [ "$MODE" = study ] && [ "$DRY" = 1 ]; then REPEAT=0  # the dry study reads the shipped sample
+elif [ ! -d "$DATA/cifar10/train" ]; then tar xzf "$PACK/data/cifar10-jpg.tar.gz" -C "$DATA" || exit 1
+fi
 "$PY" - "$PACK/data/imagenet-sample/train" "$DATA/imagenet/train" "$REPEAT" <<'EOF' || exit 1
 import sys
 from pathlib import Path
@@ -58,6 +65,41 @@ for image in sorted(src.rglob("*.JPEG")):
         if not link.exists():
             link.symlink_to(image)
 EOF
+
+if [ "$MODE" = study ]; then
+    if [ "$DRY" = 1 ]; then  # the shipped sample, a 60 s budget, small batches
+        TRAIN=datasets/cifar10_tiny/train VAL=datasets/cifar10_tiny/test
+        STUDY=(--batch-size 100 --linear-epochs 3 --workers 0 --set MODEL.CHANNELS_LAST False
+               --set SOLVER.MAX_ITER 2)
+        SECONDS_FOR_STUDY=${STUDY_SECONDS:-60} ITERS=3
+    else  # InfoCL's recipe: batch 256; the whole train set decoded once on the GPU
+        TRAIN=$DATA/cifar10/train VAL=$DATA/cifar10/test
+        STUDY=(--batch-size 256 --linear-epochs 100 --workers 14)
+        SECONDS_FOR_STUDY=${STUDY_SECONDS:-360} ITERS=30
+    fi
+    CONFIGS=(configs/pretrain/infocl_cifar10_simclr.yaml configs/pretrain/infocl_cifar10_simclr_rc.yaml
+             configs/pretrain/infocl_cifar10_simclr_lbe.yaml)
+    COMMON=(--train-root "$TRAIN" --val-root "$VAL" --seeds 2 "${STUDY[@]}" --set DATA.DECODE_ONCE True
+            "${CONFIGS[@]}")
+    say "study: timing model for $SECONDS_FOR_STUDY s"
+    "$PY" tools/objective_study.py --out "$DATA/study" --estimate "$SECONDS_FOR_STUDY" \
+        --estimate-iters "$ITERS" "${COMMON[@]}" > "$DATA/estimate.log" 2>&1 \
+        || { cat "$DATA/estimate.log" >> "$LOG"; say "study: timing model FAILED"; exit 1; }
+    cat "$DATA/estimate.log" >> "$LOG"
+    EPOCHS=$(tail -n 1 "$DATA/estimate.log")
+    if ! [ "$EPOCHS" -ge 1 ] 2>/dev/null; then
+        [ "$DRY" = 1 ] || { say "study: no whole epoch fits $SECONDS_FOR_STUDY s (log.txt)"; exit 1; }
+        EPOCHS=1  # the dry run checks the commands, not the budget
+    fi
+    say "study: $EPOCHS epochs x 2 seeds x ${#CONFIGS[@]} configs"
+    "$PY" tools/objective_study.py --out "$DATA/study" --epochs "$EPOCHS" --knn-every 1 \
+        "${COMMON[@]}" >> "$LOG" 2>&1 || say "study: FAILED (see log.txt)"
+    for f in results.md results.json estimate.json report.md; do
+        [ -f "$DATA/study/$f" ] && cp "$DATA/study/$f" "$OUT/study_$f"
+    done
+    say "finished; results: $(cd "$OUT" && ls | tr '\n' ' ')"
+    exit 0
+fi
 
 if [ "$DRY" = 1 ]; then
     R50=(--warmup 1 --iters 1 --repeats 1 MODEL.ARCH resnet18 INPUT.SIZE 32 SOLVER.BATCH_SIZE 8
