@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from ssl2det.errors import UserError, one_line_errors
+from ssl2det.process import log_tail, run_logged
 from transfer.pipeline import load_spec, run_pipeline
 from transfer.preflight import count_images
 from transfer.report import probe_table, probe_values, read_metrics
@@ -83,11 +83,13 @@ def estimate(args) -> int:
                *map(str, common_overrides(args)), "DATA.VAL_ROOT", "", "OUTPUT_DIR", str(out),
                "SOLVER.MAX_ITER", str(args.estimate_iters), "LOG_PERIOD", "1",
                "SOLVER.CHECKPOINT_PERIOD", str(10**9)]
+        out.mkdir(parents=True, exist_ok=True)
         start = time.time()
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        code = run_logged(cmd, out / "warmup.log")
         wall = time.time() - start
-        if done.returncode:
-            raise UserError(f"the warm-up of {config} failed:\n{done.stderr[-2000:]}")
+        if code:
+            raise UserError(f"the warm-up of {config} failed (exit {code}); the end of "
+                            f"{out / 'warmup.log'}:\n{log_tail(out / 'warmup.log')}")
         times = [r["time"] for r in read_metrics(out / "metrics.json") if "time" in r]
         step = statistics.median(times[len(times) // 2:])  # after compilation and warm-up
         fixed.append(wall - sum(times))
