@@ -37,7 +37,6 @@ def t_95(df: int) -> float:
     return T_95[df - 1] if df <= len(T_95) else 1.96
 
 
-
 def read_metrics(path: Path) -> list:
     """The JSON lines of a metrics.json (a missing file or a torn last line is skipped)."""
     rows = []
