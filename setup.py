@@ -11,9 +11,16 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 
+#: torch and torchvision as the package needs them. requirements.txt pins the pair verified here,
+#: which tools/install/setup_env.py installs into our own environment; an interpreter that brings
+#: its own (a GPU image's CUDA build: torch 2.11 there) keeps it, down to setup_env's MIN_TORCH.
+PACKAGE_TORCH = {"torch": "torch>=2.4", "torchvision": "torchvision>=0.19"}
+
+
 def requirements():
     lines = Path(__file__).with_name("requirements.txt").read_text().splitlines()
-    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    pinned = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+    return [PACKAGE_TORCH.get(line.split("==")[0], line) for line in pinned]
 
 
 setup(

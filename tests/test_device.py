@@ -5,6 +5,7 @@ device script (tools/device/run.sh) with the same commands at tiny settings."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -148,3 +149,15 @@ def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data
         assert record["ratio"] > 0
     assert "aten::" in (tmp_path / "out/r50_224_profile.txt").read_text()
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a device call brings back
+
+
+def test_the_package_accepts_the_torch_an_interpreter_brings(tmp_path):
+    """`pip install -e .` where torch 2.11 is installed (the GPU image) must not replace it: the
+    package's metadata asks for the minimum setup_env.py accepts, not requirements.txt's pin."""
+    subprocess.run([sys.executable, "setup.py", "--quiet", "egg_info", "--egg-base", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True)
+    lines = (tmp_path / "ssl2det.egg-info" / "requires.txt").read_text().splitlines()
+    wanted = {re.split("[<>=]", line)[0]: line for line in lines if line and line[0].isalpha()}
+    minimum = ".".join(map(str, setup_env.MIN_TORCH))
+    assert wanted["torch"] == f"torch>={minimum}"
+    assert "==" not in wanted["torchvision"]
