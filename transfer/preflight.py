@@ -78,6 +78,9 @@ def preflight(spec, stages) -> str:
     """Check every input of `stages`; returns a one-line summary, or raises PreflightError
     listing every problem found."""
     found, folders, disk = [], {}, 0.0  # found: (stage label, problem)
+    registration = _register_datasets(spec) if any(
+        stage.kind in ("finetune", "evaluate") for stage in stages) else []
+    datasets = {}  # data set names -> their problems, each checked once
     for stage in stages:
         problems = []
         kind = stage.kind
@@ -97,8 +100,10 @@ def preflight(spec, stages) -> str:
                     problems.append(f"weights file {stage.source} does not exist")
             elif kind in ("finetune", "evaluate"):
                 cfg = stage.config
-                names = cfg.DATASETS.TRAIN if kind == "finetune" else cfg.DATASETS.TEST
-                problems += _dataset_problems(spec, names)
+                names = tuple(cfg.DATASETS.TRAIN if kind == "finetune" else cfg.DATASETS.TEST)
+                if names not in datasets:
+                    datasets[names] = dataset_problems(names)
+                problems += registration + datasets[names]
                 if kind == "finetune" and not stage.is_complete():
                     disk += PARAMETERS["detector"] * CHECKPOINT_BYTES_PER_PARAMETER * _checkpoints(stage)
                     external = spec.external.get(stage.weights_from)
@@ -136,9 +141,9 @@ def _pretrain_checkpoints(cfg, images: int) -> int:
     return iterations // cfg.SOLVER.CHECKPOINT_PERIOD + 1
 
 
-def _dataset_problems(spec, names) -> list:
-    """What is missing for the detectron2 data sets `names`, after registering the run file's
-    own data sets as train_net will (again, if an earlier check registered them)."""
+def _register_datasets(spec) -> list:
+    """Register the run file's own data sets as train_net will (again, if an earlier check
+    registered them); returns what is wrong with them (a folder or file that is not there)."""
     args = build_parser().parse_args(["--config-file", "", *spec.dataset_args])
     for name, *_ in (*args.register_coco, *args.register_voc, *args.register_semseg):
         if name in DatasetCatalog.list():
@@ -146,6 +151,6 @@ def _dataset_problems(spec, names) -> list:
             MetadataCatalog.remove(name)
     try:
         register_datasets(args)
-    except UserError as e:  # a registered folder or file that is not there
-        return [str(e)] + dataset_problems(names)
-    return dataset_problems(names)
+    except UserError as e:
+        return [str(e)]
+    return []
