@@ -86,6 +86,13 @@ def format_mean_std(values) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def format_difference(mean, std) -> str:
+    """A paired difference as "+mean ± std" ("+mean" for one pair, "–" for none)."""
+    if mean is None:
+        return "–"
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
+
+
 def paired_difference(ours: dict, baseline: dict) -> tuple:
     """Seed by seed (keys present in both): (mean, std, n, verdict) of ours - baseline. Beyond
     noise means |mean| > t(n - 1) standard errors of the mean difference (T_95)."""
@@ -176,10 +183,8 @@ def differences_table(spec):
                 continue
             ours = {k: v[metric] for k, v in found.get(backbone, {}).items() if metric in v}
             mean, std, n, verdict = paired_difference(ours, base)
-            cell = "–" if mean is None else (f"{mean:+.2f}" if std is None else
-                                             f"{mean:+.2f} ± {std:.2f}")
-            rows.append([task.name, spec.label(backbone), spec.label(baseline), metric, cell,
-                         str(n), verdict])
+            rows.append([task.name, spec.label(backbone), spec.label(baseline), metric,
+                         format_difference(mean, std), str(n), verdict])
     return ["task", "backbone", "minus", "metric", "difference (mean ± std over seeds)",
             "pairs", "verdict"], rows
 
@@ -247,8 +252,7 @@ def probe_table(spec, stale=()):
                 {k: r["linear_top1"] for k, r in found.items()},
                 {k: r["linear_top1"] for k, r in first.items()})
             if mean is not None:
-                difference = f"{mean:+.2f}" + ("" if std is None else f" ± {std:.2f}") + \
-                    f"; {verdict}"
+                difference = f"{format_difference(mean, std)}; {verdict}"
         rows.append([_marked(name, ("probe", name), stale), *cells, str(len(found)),
                      difference])
     return (["run", *(label for _, label in PROBE_COLUMNS), "n",
@@ -439,8 +443,6 @@ def write_report(spec, stale=(), records=()) -> Path:
     out, report = spec.layout.root, spec.layout.report(spec.report_name)
     report.write_text(_markdown(blocks, out))
     report.with_suffix(".html").write_text(_html(blocks))
-    tables = ([results_table(spec, stale), differences_table(spec)] if spec.transfer
-              else []) + (
-        [probe_table(spec, stale)] if spec.probe else [])
-    print("\n" + _markdown([("table", headers, rows) for headers, rows in tables], out))
+    results = blocks[blocks.index(("h2", "Results")):blocks.index(("h2", "What ran"))]
+    print("\n" + _markdown([block for block in results if block[0] == "table"], out))
     return report
