@@ -155,11 +155,14 @@ class PretrainStage(Stage):
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
+    @functools.cached_property
+    def seed(self) -> int:
+        """Replicate r runs with its config's SEED + r (the config is read once, not for every
+        command line the stage writes)."""
+        return load_config(self.run_spec.config, self.run_spec.overrides).SEED + self.replicate
+
     def opts(self):
-        seed = []
-        if self.replicate:  # replicate r: the config's seed + r
-            seed = ["SEED", str(load_config(self.run_spec.config, self.run_spec.overrides).SEED
-                                + self.replicate)]
+        seed = ["SEED", str(self.seed)] if self.replicate else []
         return [*self.run_spec.overrides, *seed, "OUTPUT_DIR", str(self.folder)]
 
     def command(self):
@@ -205,21 +208,21 @@ class ConvertStage(Stage):
 
 
 class ProbeStage(Stage):
-    """kNN and linear-probe top-1 of a pretraining run's frozen encoder, or, with `random`, of a
-    randomly initialised encoder of the run's architecture (the baseline)."""
+    """kNN and linear-probe top-1 of a pretraining stage's frozen encoder, or, with `random`, of
+    a randomly initialised encoder of that run's architecture (the baseline)."""
 
     kind = "probe"
 
-    def __init__(self, spec, run, replicate: int = 0, random: bool = False):
-        self.name = RANDOM if random else replicate_name(run.name, replicate)
+    def __init__(self, spec, pretrain: PretrainStage, random: bool = False):
+        self.name = RANDOM if random else pretrain.name
         super().__init__(spec.layout.probe(self.name), f"probe {self.name}", ("probe", self.name))
         self.settings, self.result = spec.probe, spec.layout.probe_result(self.name)
-        self.pretrain = None if random else PretrainStage(spec, run, replicate)
+        self.pretrain, self.run_spec = None if random else pretrain, pretrain.run_spec
         if random:
-            self.encoder = ["--random-init", "--config-file", run.config, *run.overrides]
+            self.encoder = ["--random-init", "--config-file", self.run_spec.config,
+                            *self.run_spec.overrides]
         else:  # the run's own config.yaml, beside its checkpoint
             self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(self.name)]
-        self.run_spec = run
 
     def is_complete(self):
         return self.result.is_file()
@@ -340,9 +343,9 @@ def build_stages(spec):
     stages += [ConvertStage(spec, b.name, Path(b.weights)) for b in spec.external.values()
                if b.name in used and not b.is_detectron2]
     if spec.probe:
-        stages += [ProbeStage(spec, r, k) for r in spec.pretrain for k in range(r.repeats)]
-        if spec.probe.baseline and spec.pretrain:
-            stages.append(ProbeStage(spec, spec.pretrain[0], random=True))
+        stages += [ProbeStage(spec, p) for p in pretrain]
+        if spec.probe.baseline and pretrain:
+            stages.append(ProbeStage(spec, pretrain[0], random=True))
     for task in spec.transfer:
         stages += [FinetuneStage(spec, task, b, k) for b in task.backbones
                    for k in range(task.repeats)]
