@@ -44,6 +44,10 @@ _C.DATA.BAD_IMAGES = "skip"
 # size, as CIFAR or STL) and crop, flip and augment batches there: the fastest input for small
 # images on a GPU (pretrain/data/device_bank.py). simclr recipe only.
 _C.DATA.DECODE_ONCE = False
+# Keep each image folder's file list between starts (pretrain/data/file_index.py): ImageNet's
+# 1.28M files are listed once, then each start checks the folders' modification times. Ours.
+_C.DATA.FILE_INDEX = True
+_C.DATA.INDEX_DIR = ""  # where the lists are kept; "" for OUTPUT_DIR/file_index
 
 _C.INPUT = CN()
 _C.INPUT.SIZE = 224  # side of the square views
@@ -60,7 +64,12 @@ _C.INPUT.VIEW_SOLARIZE_PROB = ()
 # Colour jitter, grayscale, blur and normalisation batched on the training device instead of in
 # the loader workers (which then only decode, crop and flip): for GPUs the CPUs cannot feed.
 # simclr recipe only. Its small differences are listed in pretrain/data/device_augment.py.
-_C.INPUT.AUGMENT_ON_DEVICE = False
+# None (the default): on when training on a CUDA device (simclr recipe), said in the log.
+_C.INPUT.AUGMENT_ON_DEVICE = None
+# With the augmentation on the device: decode the JPEGs there too, in batches (nvJPEG through
+# torchvision.io.decode_jpeg); the workers only read files and draw crops. Ours; measured by
+# tools/device/run.sh. pretrain/data/device_decode.py.
+_C.INPUT.DECODE_ON_DEVICE = False
 _C.INPUT.MEAN = (0.485, 0.456, 0.406)  # torchvision's; the detectron2 configs use the same
 _C.INPUT.STD = (0.229, 0.224, 0.225)
 # The frozen-encoder evaluation (kNN monitor, linear probe): image side and normalisation, when
@@ -146,15 +155,15 @@ _C.KNN.BATCH_SIZE = 256
 #: outputs go, the kNN monitor): the pipeline leaves a finished run alone when only these change.
 #: Entries ending in "." are prefixes.
 RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT_WORKERS",
-                "DATA.BAD_IMAGES", "KNN.", "DIST.", "SOLVER.CHECKPOINT_PERIOD",
-                "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED", "MODEL.DEVICE", "MODEL.CHANNELS_LAST",
-                "MODEL.COMPILE")
+                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "KNN.", "DIST.",
+                "SOLVER.CHECKPOINT_PERIOD", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
+                "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE")
 #: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data
 #: is. A change of any other key (the model, the method, the objectives, the optimiser, the
 #: batch, the augmentation) refuses the resume.
 RESUMABLE_CHANGES = RUNTIME_KEYS + ("DATA.ROOT", "DATA.VAL_ROOT", "SOLVER.EPOCHS",
                                     "SOLVER.MAX_ITER", "INPUT.AUGMENT_ON_DEVICE",
-                                    "DATA.DECODE_ONCE")
+                                    "INPUT.DECODE_ON_DEVICE", "DATA.DECODE_ONCE")
 
 #: What the frozen-encoder evaluation (pretrain/eval) reads from a run's config.
 PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD",
@@ -248,7 +257,14 @@ def validate(cfg):
         if len(get_key(cfg, key)) not in (0, 2):
             raise ConfigError(f"{key} {get_key(cfg, key)} needs one probability per view, two, "
                               "or none")
-    for key in ("INPUT.AUGMENT_ON_DEVICE", "DATA.DECODE_ONCE"):
+    if cfg.INPUT.AUGMENT_ON_DEVICE not in (None, True, False):
+        raise ConfigError(f"INPUT.AUGMENT_ON_DEVICE = {cfg.INPUT.AUGMENT_ON_DEVICE!r} is not "
+                          "one of True, False, None (None: on with a CUDA device)")
+    if cfg.INPUT.DECODE_ON_DEVICE and (cfg.INPUT.AUGMENT_ON_DEVICE is False
+                                       or cfg.DATA.DECODE_ONCE):
+        raise ConfigError("INPUT.DECODE_ON_DEVICE decodes for INPUT.AUGMENT_ON_DEVICE: it cannot "
+                          "go with INPUT.AUGMENT_ON_DEVICE False or DATA.DECODE_ONCE True")
+    for key in ("INPUT.AUGMENT_ON_DEVICE", "INPUT.DECODE_ON_DEVICE", "DATA.DECODE_ONCE"):
         if get_key(cfg, key) and cfg.INPUT.AUGMENTATION != "simclr":
             raise ConfigError(f"{key} supports INPUT.AUGMENTATION simclr only; got "
                               f"{cfg.INPUT.AUGMENTATION!r}")

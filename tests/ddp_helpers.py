@@ -94,3 +94,34 @@ def run_with_nan_on_one_rank(overrides, port, out_dir, world=2, timeout_s=300):
             raise TimeoutError("the ranks did not finish: a skipped step left one waiting")
     return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True)
             for r in range(world)]
+
+
+def _file_index_worker(rank, world, init_file, root, index_dir, out_dir):
+    """Each rank opens the image folder as a pretraining run does; records whether it listed
+    the folder itself (os.walk) and what it found."""
+    import json
+
+    from pretrain.data import build as data_build
+    from pretrain.data import datasets
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        walked = []
+        real_walk = os.walk
+        datasets.os.walk = lambda *a, **k: walked.append(a[0]) or real_walk(*a, **k)
+        cfg = load_config("", ["DATA.INDEX_DIR", index_dir, "OUTPUT_DIR", out_dir])
+        folder = data_build.image_folder(cfg, root)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({"walked": len(walked), "samples": folder.samples}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def image_folder_on_ranks(root, index_dir, world, tmp_dir):
+    """[{walked, samples}] per rank of image_folder() under `world` gloo processes."""
+    import json
+
+    torch.multiprocessing.spawn(_file_index_worker, args=(
+        world, os.path.join(tmp_dir, "init"), root, index_dir, tmp_dir), nprocs=world)
+    return [json.load(open(os.path.join(tmp_dir, f"rank{r}.json"))) for r in range(world)]

@@ -154,19 +154,15 @@ def test_byols_target_momentum_per_epoch_is_infocls():
 
 
 def test_byols_asymmetric_views_blur_and_solarise_as_in_byol():
-    from torchvision.transforms import v2
-
     from pretrain.config import load_config
-    from pretrain.data import build_view_transform
+    from pretrain.data import build_views
 
     cfg = load_config(str(CONFIGS / "byol_r50_imagenet.yaml"))
-    views = build_view_transform(cfg).views
+    views = build_views(cfg, augment_on_device=False).views
 
     def probabilities(view):
-        blur = [t.p for t in view.transforms if isinstance(t, v2.RandomApply)
-                and isinstance(t.transforms[0], v2.GaussianBlur)]
-        solarize = [t.p for t in view.transforms if isinstance(t, v2.RandomSolarize)]
-        return (blur or [0.0])[0], (solarize or [0.0])[0]
+        p = {step.name: step.p for step in view.steps}
+        return p.get("GaussianBlur", 0.0), p.get("RandomSolarize", 0.0)
 
     assert [probabilities(v) for v in views] == [(1.0, 0.0), (0.1, 0.2)]
     assert tuple(cfg.INPUT.COLOR_JITTER) == (0.4, 0.4, 0.2, 0.1)
@@ -181,26 +177,26 @@ def test_infomins_randaugment_is_pycontrasts():
     assert OPERATIONS == ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize",
                           "Solarize", "SolarizeAdd", "Color", "Contrast", "Brightness",
                           "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-    top = {name: operation_arguments(name, 10.0, signed=lambda v: v) for name in OPERATIONS}
+    top = {name: operation_arguments(name, 10.0) for name in OPERATIONS}
     assert top["Rotate"] == (30.0,) and top["ShearX"] == (0.3,) and top["TranslateXRel"] == (0.45,)
     assert top["Color"] == top["Brightness"] == (pytest.approx(1.9),) and top["Posterize"] == (4,)
     assert top["Solarize"] == (256,) and top["SolarizeAdd"] == (110,) and top["Invert"] == ()
+    assert operation_arguments("Rotate", 10.0, sign=-1.0) == (-30.0,)
     half = operation_arguments("Contrast", 5.0)
     assert half == (pytest.approx(1.0),)
 
 
 def test_infomins_view_order_is_pycontrasts():
-    from torchvision.transforms import v2
-
     from pretrain.config import load_config
-    from pretrain.data import build_view_transform
-    from pretrain.data.randaugment import PyContrastRandAugment
+    from pretrain.data import build_views
 
     cfg = load_config(str(CONFIGS / "infomin_mocov2_r50_imagenet.yaml"))
-    kinds = [type(t.transforms[0] if isinstance(t, v2.RandomApply) else t).__name__
-             for t in build_view_transform(cfg).views[0].transforms]
-    assert kinds[:6] == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter",
-                         "GaussianBlur", PyContrastRandAugment.__name__, "RandomGrayscale"]
+    view = build_views(cfg, augment_on_device=False).views[0]
+    # every view starts with the random resized crop (View.draw_box), then these
+    assert [step.name for step in view.steps] == ["RandomHorizontalFlip", "ColorJitter",
+                                                  "GaussianBlur", "RandAugment",
+                                                  "RandomGrayscale"]
+    assert [step.p for step in view.steps] == [0.5, 0.8, 0.5, 1.0, 0.2]
     assert tuple(cfg.INPUT.COLOR_JITTER) == (0.8, 0.8, 0.8, 0.2)
     assert tuple(cfg.INPUT.CROP_SCALE) == (0.2, 1.0)
 

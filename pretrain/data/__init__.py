@@ -1,7 +1,8 @@
-from .build import build_eval_loader, build_pretrain_loader
+from .build import augment_on_device, build_eval_loader, build_pretrain_loader, image_folder
 from .datasets import ImageFiles, SeededViews
 from .sampler import EpochBatchSampler
-from .transforms import blur_kernel_size, build_view_transform, eval_transform
+from .transforms import eval_transform
+from .views import build_views
 
-__all__ = ["build_pretrain_loader", "build_eval_loader", "ImageFiles", "SeededViews",
-           "EpochBatchSampler", "blur_kernel_size", "build_view_transform", "eval_transform"]
+__all__ = ["augment_on_device", "image_folder", "build_pretrain_loader", "build_eval_loader", "ImageFiles",
+           "SeededViews", "EpochBatchSampler", "build_views", "eval_transform"]

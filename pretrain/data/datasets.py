@@ -10,6 +10,7 @@ policy is ssl2det.images.BadImages, shared with stage two).
 
 import logging
 import os
+import random
 
 import torch
 from PIL import Image
@@ -19,37 +20,61 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from ssl2det.errors import DatasetError
 from ssl2det.images import BadImages, decode_rgb, printable_path
 
+from .file_index import FileIndex, index_path
+from .views import EncodedImage
+
 logger = logging.getLogger(__name__)
 
 
 class ImageFiles(ImageFolder):
     """ImageFolder that reads every image as RGB and survives bad files (module docstring).
 
-    bad_images: "skip" or "error"; report_dir: where bad_images.txt is written ("" for none).
+    bad_images: "skip" or "error"; report_dir: where bad_images.txt is written ("" for none);
+    index_dir: where the folder's file index is kept between starts (file_index.py; "" lists
+    the folder every time).
     """
 
-    def __init__(self, root: str, transform=None, bad_images: str = "skip", report_dir: str = ""):
-        self.bad = BadImages(bad_images, report_dir)
-        ignored = []
+    def __init__(self, root: str, transform=None, bad_images: str = "skip", report_dir: str = "",
+                 index_dir: str = ""):
+        self.bad, self.index_dir = BadImages(bad_images, report_dir), index_dir
+        self.ignored_files = []  # filled by make_dataset
         try:
             super().__init__(root, transform=transform, is_valid_file=lambda p: (
-                has_file_allowed_extension(p, IMG_EXTENSIONS) or ignored.append(p)))
+                has_file_allowed_extension(p, IMG_EXTENSIONS)))
         except (FileNotFoundError, OSError) as e:
             raise DatasetError(f"cannot read image folder {root!r}: {e}. Expected the ImageNet "
                                "layout ROOT/<class>/<image>.jpg; set DATA.ROOT / DATA.VAL_ROOT.") from None
-        if ignored:
+        if self.ignored_files:
+            ignored = self.ignored_files
             logger.warning(f"{root}: ignored {len(ignored)} files without an image extension, "
                            f"e.g. {', '.join(map(printable_path, ignored[:3]))}")
             for path in ignored:
                 self.bad.ignored(path)
 
-    @staticmethod
-    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None,
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None,
                      allow_empty=False):
-        """torchvision's listing (same order), except that each real folder is read once (a
-        symbolic link back to a parent would repeat its images up to 40 times), and class
-        folders without an image are named in the error."""
-        samples, empty = [], []
+        """torchvision's listing (same order), from the file index where it is current; and
+        class folders without an image are named in the error."""
+        classes = sorted(class_to_idx, key=class_to_idx.get)
+        path = index_path(self.index_dir, directory) if self.index_dir else ""
+        index = FileIndex.read(path, directory, classes) if path else None
+        if index is None:
+            index = self.list_folder(directory, class_to_idx, is_valid_file)
+            if path and index.write(path, directory, classes):
+                logger.info(f"{directory}: listed; the list is kept in {path} for the next start")
+        self.ignored_files = [os.path.join(directory, rel) for rel in index.ignored]
+        empty = set(classes) - {classes[label] for label in index.labels()}
+        if empty and not allow_empty:
+            raise DatasetError(f"{directory}: the class folders "
+                               f"{', '.join(map(printable_path, sorted(empty)))} hold no image; "
+                               "add images or remove those folders")
+        return index.samples(directory)
+
+    @staticmethod
+    def list_folder(directory, class_to_idx, is_valid_file) -> FileIndex:
+        """Walk the class folders, each real folder once (a symbolic link back to a parent
+        would repeat its images up to 40 times)."""
+        groups, ignored, walked = [], [], [""]
         for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
             visited, listing = set(), []
             for folder, subfolders, files in os.walk(os.path.join(directory, name),
@@ -59,26 +84,36 @@ class ImageFiles(ImageFolder):
                     subfolders[:] = []
                     continue
                 visited.add(real)
-                listing.append((folder, files))
-            found = [(os.path.join(folder, f), label) for folder, files in sorted(listing)
-                     for f in sorted(files) if is_valid_file(os.path.join(folder, f))]
-            samples += found
-            if not found:
-                empty.append(name)
-        if empty and not allow_empty:
-            raise DatasetError(f"{directory}: the class folders {', '.join(map(printable_path, empty))} "
-                               "hold no image; add images or remove those folders")
-        return samples
+                listing.append((os.path.relpath(folder, directory), files))
+            for folder, files in sorted(listing):
+                walked.append(folder)
+                names = []
+                for f in sorted(files):
+                    if is_valid_file(os.path.join(directory, folder, f)):
+                        names.append(f)
+                    else:
+                        ignored.append(os.path.join(folder, f))
+                groups.append((folder, label, names))
+        return FileIndex(groups, ignored, walked)
 
-    def read(self, index: int):
-        """(RGB image, label) of sample `index`, or of the next readable one after it."""
+    def _first_readable(self, index: int, read):
+        """(read(path), label) of sample `index`, or of the next one after it whose file `read`
+        can decode."""
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
-                return decode_rgb(path), label
+                return read(path), label
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 self.bad.unreadable(path, e)
         raise DatasetError(f"no image in {self.root} can be decoded; see the warnings above")
+
+    def read(self, index: int):
+        """(RGB Pillow image, label) of sample `index`, or of the next readable one after it."""
+        return self._first_readable(index, decode_rgb)
+
+    def read_views(self, index: int, views, rng):
+        """(views(EncodedImage, rng), label) of sample `index`, or of the next readable one."""
+        return self._first_readable(index, lambda path: views(EncodedImage(path), rng))
 
     def __getitem__(self, index):
         image, label = self.read(index)
@@ -93,16 +128,13 @@ class SeededViews(torch.utils.data.Dataset):
     resumed run restarted: a killed and resumed run sees exactly the batches it would have seen.
     """
 
-    def __init__(self, folder: ImageFiles, transform, seed: int):
-        self.folder, self.transform, self.seed = folder, transform, seed
+    def __init__(self, folder: ImageFiles, views, seed: int):
+        self.folder, self.views, self.seed = folder, views, seed
 
     def __len__(self):
         return len(self.folder)
 
     def __getitem__(self, item):
         index, epoch = item
-        image, label = self.folder.read(index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch * 100_000_007 + index) % 2**63)
-            views = self.transform(image)
-        return views, label
+        rng = random.Random((self.seed * 1_000_003 + epoch * 100_000_007 + index) % 2**63)
+        return self.folder.read_views(index, self.views, rng)

@@ -11,7 +11,7 @@ checkpoints save and restore, so resumed runs stay exact.
 import torch
 import torch.nn.functional as F
 
-from .transforms import blur_kernel_size, view_probabilities
+from .views import blur_kernel_size, view_probabilities
 
 # RGB -> luma (ITU-R 601-2), as torchvision's grayscale
 _LUMA = (0.299, 0.587, 0.114)

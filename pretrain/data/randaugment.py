@@ -12,11 +12,10 @@ here from that definition:
   bilinearly or bicubically at random.
 
 torchvision's RandAugment differs in its operation set and its magnitude scale (31 bins), so
-at "magnitude 10" it is about a third as strong. All randomness comes from torch's RNG, which
-the data sets seed per image (exact resumes).
+at "magnitude 10" it is about a third as strong. All randomness comes from the `random.Random`
+the data set seeds per image (exact resumes).
 """
 
-import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 MAX_LEVEL = 10.0
@@ -26,19 +25,16 @@ OPERATIONS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Sola
 IMAGENET_MEAN_PIXEL = (124, 116, 104)  # round(255 * (0.485, 0.456, 0.406))
 
 
-def _signed(value: float) -> float:
-    return -value if torch.rand(()) < 0.5 else value
-
-
-def operation_arguments(name: str, level: float, signed=_signed) -> tuple:
-    """The arguments of operation `name` at magnitude `level` (0-10)."""
+def operation_arguments(name: str, level: float, sign: float = 1.0) -> tuple:
+    """The arguments of operation `name` at magnitude `level` (0-10); `sign` (+1 or -1, drawn
+    by the caller) is the direction of the geometric ones."""
     fraction = level / MAX_LEVEL
     if name == "Rotate":
-        return (signed(30.0 * fraction),)
+        return (sign * 30.0 * fraction,)
     if name in ("ShearX", "ShearY"):
-        return (signed(0.3 * fraction),)
+        return (sign * 0.3 * fraction,)
     if name in ("TranslateXRel", "TranslateYRel"):
-        return (signed(0.45 * fraction),)
+        return (sign * 0.45 * fraction,)
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return (0.1 + 1.8 * fraction,)
     if name == "Posterize":
@@ -50,9 +46,12 @@ def operation_arguments(name: str, level: float, signed=_signed) -> tuple:
     return ()
 
 
-def _affine(img, matrix, fill):
-    resample = Image.BILINEAR if torch.rand(()) < 0.5 else Image.BICUBIC
-    return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fill)
+def _resample(rng):
+    return Image.BILINEAR if rng.random() < 0.5 else Image.BICUBIC
+
+
+def _affine(img, matrix, fill, rng):
+    return img.transform(img.size, Image.AFFINE, matrix, resample=_resample(rng), fillcolor=fill)
 
 
 def _solarize_add(img, add, threshold=128):
@@ -60,7 +59,8 @@ def _solarize_add(img, add, threshold=128):
     return img.point(table * len(img.getbands()))
 
 
-def apply_operation(img: Image.Image, name: str, args: tuple, fill=IMAGENET_MEAN_PIXEL):
+def apply_operation(img: Image.Image, name: str, args: tuple, rng, fill=IMAGENET_MEAN_PIXEL):
+    """Operation `name` with `args`; `rng` draws the resampling filter of the geometric ones."""
     w, h = img.size
     if name == "AutoContrast":
         return ImageOps.autocontrast(img)
@@ -69,8 +69,7 @@ def apply_operation(img: Image.Image, name: str, args: tuple, fill=IMAGENET_MEAN
     if name == "Invert":
         return ImageOps.invert(img)
     if name == "Rotate":
-        resample = Image.BILINEAR if torch.rand(()) < 0.5 else Image.BICUBIC
-        return img.rotate(args[0], resample=resample, fillcolor=fill)
+        return img.rotate(args[0], resample=_resample(rng), fillcolor=fill)
     if name == "Posterize":
         return img if args[0] >= 8 else ImageOps.posterize(img, args[0])
     if name == "Solarize":
@@ -80,13 +79,13 @@ def apply_operation(img: Image.Image, name: str, args: tuple, fill=IMAGENET_MEAN
     if name in ("Color", "Contrast", "Brightness", "Sharpness"):
         return getattr(ImageEnhance, name)(img).enhance(args[0])
     if name == "ShearX":
-        return _affine(img, (1, args[0], 0, 0, 1, 0), fill)
+        return _affine(img, (1, args[0], 0, 0, 1, 0), fill, rng)
     if name == "ShearY":
-        return _affine(img, (1, 0, 0, args[0], 1, 0), fill)
+        return _affine(img, (1, 0, 0, args[0], 1, 0), fill, rng)
     if name == "TranslateXRel":
-        return _affine(img, (1, 0, args[0] * w, 0, 1, 0), fill)
+        return _affine(img, (1, 0, args[0] * w, 0, 1, 0), fill, rng)
     if name == "TranslateYRel":
-        return _affine(img, (1, 0, 0, 0, 1, args[0] * h), fill)
+        return _affine(img, (1, 0, 0, 0, 1, args[0] * h), fill, rng)
     raise ValueError(f"unknown RandAugment operation {name!r}")
 
 
@@ -98,12 +97,12 @@ class PyContrastRandAugment:
         self.num_ops, self.magnitude, self.magnitude_std, self.prob = (
             num_ops, magnitude, magnitude_std, prob)
 
-    def __call__(self, img: Image.Image) -> Image.Image:
-        for index in torch.randint(len(OPERATIONS), (self.num_ops,)).tolist():
-            if torch.rand(()) >= self.prob:
+    def __call__(self, img: Image.Image, rng) -> Image.Image:
+        """`rng`: a random.Random."""
+        for name in [rng.choice(OPERATIONS) for _ in range(self.num_ops)]:
+            if rng.random() >= self.prob:
                 continue
-            level = self.magnitude + self.magnitude_std * float(torch.randn(()))
-            level = min(MAX_LEVEL, max(0.0, level))
-            name = OPERATIONS[index]
-            img = apply_operation(img, name, operation_arguments(name, level))
+            level = min(MAX_LEVEL, max(0.0, rng.gauss(self.magnitude, self.magnitude_std)))
+            sign = -1.0 if rng.random() < 0.5 else 1.0
+            img = apply_operation(img, name, operation_arguments(name, level, sign), rng)
         return img

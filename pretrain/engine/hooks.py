@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ssl2det.distributed import is_main_process
 
-from ..data import ImageFiles, build_eval_loader
+from ..data import build_eval_loader, image_folder
 from ..eval.features import extract_features, gather_features, shard
 from ..eval.knn import knn_top1
 
@@ -75,14 +75,14 @@ class KNNMonitor(HookBase):
     def before_train(self):
         cfg = self.cfg
         self.bank_root = cfg.KNN.TRAIN_ROOT or cfg.DATA.ROOT
-        n = len(ImageFiles(self.bank_root))
+        n = len(image_folder(cfg, self.bank_root))
         if cfg.KNN.MAX_TRAIN_IMAGES and n > cfg.KNN.MAX_TRAIN_IMAGES:
             g = torch.Generator().manual_seed(cfg.SEED)
             chosen = torch.randperm(n, generator=g)[:cfg.KNN.MAX_TRAIN_IMAGES]
             self.bank = chosen.sort().values.tolist()
         else:
             self.bank = list(range(n))
-        self.test_size = len(ImageFiles(cfg.DATA.VAL_ROOT))
+        self.test_size = len(image_folder(cfg, cfg.DATA.VAL_ROOT))
 
     def evaluate(self) -> float:
         cfg = self.cfg

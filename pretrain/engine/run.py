@@ -17,7 +17,7 @@ from ssl2det.output_dir import claim_output_dir
 from ssl2det.preemption import CheckpointOnSignal
 
 from ..checkpoint_format import run_meta
-from ..data import build_pretrain_loader
+from ..data import augment_on_device, build_pretrain_loader
 from ..data.device_augment import DeviceAugment
 from ..methods import build_method
 from .checkpoint import AtomicCheckpointer, RunState
@@ -60,11 +60,11 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         model = torch.compile(model)
     torch.manual_seed(cfg.SEED + rank)  # rank-specific randomness from here on
 
-    loader, sampler = build_pretrain_loader(cfg, rank, world, device)
+    on_device = not cfg.DATA.DECODE_ONCE and augment_on_device(cfg, device)
+    loader, sampler = build_pretrain_loader(cfg, rank, world, device, on_device)
     fp16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16"
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    on_device = cfg.INPUT.AUGMENT_ON_DEVICE or cfg.DATA.DECODE_ONCE
-    augment = DeviceAugment(cfg) if on_device else None
+    augment = DeviceAugment(cfg) if on_device or cfg.DATA.DECODE_ONCE else None
     trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler,
                               device_transform=augment)
 

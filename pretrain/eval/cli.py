@@ -64,7 +64,9 @@ def evaluation_features(args, normalize=True):
         config = os.path.join(os.path.dirname(args.checkpoint), "config.yaml")
         if not os.path.isfile(config):
             raise ConfigError(f"no config.yaml beside {args.checkpoint}; pass --config-file")
-    cfg = load_config(config, args.opts)
+    # The run's config names the run's folder as OUTPUT_DIR: an evaluation writes no file index
+    # there unless asked to (DATA.FILE_INDEX True, and DATA.INDEX_DIR for where)
+    cfg = load_config(config, ["DATA.FILE_INDEX", "False", *args.opts])
     train_root = args.train_root or cfg.DATA.ROOT
     val_root = args.val_root or cfg.DATA.VAL_ROOT
     if not (train_root and val_root):
