@@ -127,7 +127,7 @@ def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                     "--target", site, *wheels], check=True, timeout=300)
     modules = ["fvcore", "iopath", "yacs", "pycocotools.mask", "termcolor", "omegaconf", "hydra",
-               "antlr4", "lightly.loss"]
+               "antlr4", "pydantic", "submitit", "lightly.loss"]
     probe = ("import importlib, json, sys; print(json.dumps({m: importlib.import_module(m).__file__"
              " for m in sys.argv[1:]}))")
     files = json.loads(subprocess.run([sys.executable, "-c", probe, *modules], check=True,
@@ -147,7 +147,11 @@ def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data
         record = json.loads((tmp_path / "out" / f"{name}.json").read_text())
         assert all(side[key] > 0 for side in record["results"].values()), record
         assert record["ratio"] > 0
-    assert "aten::" in (tmp_path / "out/r50_224_profile.txt").read_text()
+    decoded = json.loads((tmp_path / "out/r50_224_decode.json").read_text())["results"]["ours"]
+    assert decoded["samples_per_s"] > 0  # INPUT.DECODE_ON_DEVICE
+    loader = json.loads((tmp_path / "out/loader_224.json").read_text())
+    assert loader["ratio_loader_side_vs_lightly"] > 0
+    assert "aten::" in log  # the profile's table
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a device call brings back
 
 

@@ -112,6 +112,42 @@ def test_benchmark_compares_ours_with_lightly_in_one_run(shared_data, tmp_path):
     assert record["ratio"] == pytest.approx(ours["samples_per_s"] / lightly["samples_per_s"])
 
 
+def test_benchmark_measures_the_loader_alone_and_the_start_up(shared_data, tmp_path):
+    """The loader mode at tiny settings: every path's per-core rate, ours against lightly's on
+    the same images, the decode limit; the start-up mode on a tree of 3,000 links."""
+    out = tmp_path / "loader.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/benchmark.py"), "loader", "--config-file",
+         str(REPO / "configs/pretrain/byol_r50_imagenet.yaml"), "--images", "3", "--repeats",
+         "1", "--output", str(out), "DATA.ROOT", str(shared_data / "imagenet-sample/train"),
+         "INPUT.SIZE", "32"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rates = {name: r["samples_per_s_per_core"] for name, r in record["results"].items()}
+    assert set(rates) == {
+        "decode only: Pillow (ssl2det.images.decode_rgb)", "decode only: OpenCV (ours)",
+        "decode only: torchvision.io.decode_jpeg", "ours: loader-side recipe",
+        "ours: device-side, workers decode + crop + flip",
+        "ours: INPUT.DECODE_ON_DEVICE, workers read + draw crops", "lightly BYOLTransform"}
+    assert all(rate > 0 for rate in rates.values()) and record["files"] == 100
+    assert record["ratio_loader_side_vs_lightly"] == pytest.approx(
+        rates["ours: loader-side recipe"] / rates["lightly BYOLTransform"])
+
+    startup = tmp_path / "startup.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/benchmark.py"), "startup", "--config-file",
+         str(REPO / "configs/pretrain/simclr_r50_imagenet.yaml"), "--files", "3000", "--classes",
+         "30", "--tree", str(tmp_path / "tree"), "--repeats", "1", "--output", str(startup),
+         "--source", str(shared_data / "imagenet-sample"), "INPUT.SIZE", "32",
+         "SOLVER.BATCH_SIZE", "4", "DATA.NUM_WORKERS", "0"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(startup.read_text())
+    assert set(record["results"]) == {"no index", "index: first start (lists, writes)",
+                                      "index: next start (reads)"}
+    assert all(r["seconds_to_first_batch"] > 0 for r in record["results"].values())
+
+
 # --- the training set decoded once into device memory (DATA.DECODE_ONCE) ----------------------
 
 def test_device_crops_are_drawn_as_torchvisions_random_resized_crop():

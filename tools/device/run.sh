@@ -53,18 +53,9 @@ if [ "$DRY" = 1 ]; then REPEAT=1; else REPEAT=40; fi  # 100 images x 40 = 4000: 
 if [ "$MODE" = study ] && [ "$DRY" = 1 ]; then REPEAT=0  # the dry study reads the shipped sample
 elif [ ! -d "$DATA/cifar10/train" ]; then tar xzf "$PACK/data/cifar10-jpg.tar.gz" -C "$DATA" || exit 1
 fi
-"$PY" - "$PACK/data/imagenet-sample/train" "$DATA/imagenet/train" "$REPEAT" <<'EOF' || exit 1
-import sys
-from pathlib import Path
-src, dst, repeat = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
-for image in sorted(src.rglob("*.JPEG")):
-    folder = dst / image.parent.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(repeat):  # links: the loader still decodes a full-size JPEG each time
-        link = folder / f"{image.stem}_{k}{image.suffix}"
-        if not link.exists():
-            link.symlink_to(image)
-EOF
+# links: the loader still decodes a full-size JPEG each time
+"$PY" tools/benchmark.py tile "$PACK/data/imagenet-sample/train" "$DATA/imagenet/train" "$REPEAT" \
+    >> "$LOG" 2>&1 || exit 1
 
 if [ "$MODE" = study ]; then
     if [ "$DRY" = 1 ]; then  # the shipped sample, a 60 s budget, small batches
@@ -108,18 +99,29 @@ if [ "$DRY" = 1 ]; then
     DET=(--warmup 2 --iters 1 --repeats 1 --config-file configs/cpu/coco_mask_rcnn_fpn_cpu.yaml
          SOLVER.IMS_PER_BATCH 1 DATALOADER.NUM_WORKERS 0)
     COMPILE=()
+    LOADER=(--images 5 --repeats 1 INPUT.SIZE 32)
 else
     R50=(--warmup 5 --iters 20 --repeats 2 SOLVER.BATCH_SIZE 256 DATA.NUM_WORKERS 14)
     R18=(--warmup 5 --iters 20 --repeats 1 SOLVER.BATCH_SIZE 512 DATA.NUM_WORKERS 14)
     DET=(--warmup 5 --iters 20 --repeats 1 --config-file configs/coco_mask_rcnn_fpn_1x.yaml
          SOLVER.IMS_PER_BATCH 8 SOLVER.REFERENCE_WORLD_SIZE 0 DATALOADER.NUM_WORKERS 8)
     COMPILE=(--warmup 10 --iters 20 --repeats 1 SOLVER.BATCH_SIZE 256 DATA.NUM_WORKERS 14)
+    LOADER=(--images 300 --repeats 2)
 fi
 
+# the loader alone, one core per path: decode limits, our loader-side and device-side shares,
+# lightly's transform (the GPU machine's CPU cores)
+bench loader_224 loader --config-file configs/pretrain/simclr_r50_imagenet.yaml \
+    --output "$OUT/loader_224.json" "${LOADER[@]}" DATA.ROOT "$DATA/imagenet/train"
 # SimCLR R50 224 px, bf16, channels_last, augmentation on the device: ours vs lightly
 bench r50_224 pretrain --config-file configs/pretrain/simclr_r50_imagenet.yaml \
-    --output "$OUT/r50_224.json" --profile "$OUT/r50_224_profile.txt" "${R50[@]}" \
+    --output "$OUT/r50_224.json" --profile "$DATA/r50_224_profile.txt" "${R50[@]}" \
     DATA.ROOT "$DATA/imagenet/train" INPUT.AUGMENT_ON_DEVICE True
+cat "$DATA/r50_224_profile.txt" >> "$LOG" 2>/dev/null  # (8 files come back: the table goes in the log)
+# the same with the JPEGs decoded on the GPU (nvJPEG), ours only
+bench r50_224_decode pretrain --config-file configs/pretrain/simclr_r50_imagenet.yaml \
+    --sides ours --output "$OUT/r50_224_decode.json" "${R50[@]}" \
+    DATA.ROOT "$DATA/imagenet/train" INPUT.AUGMENT_ON_DEVICE True INPUT.DECODE_ON_DEVICE True
 # SimCLR R18, CIFAR stem, 32 px (InfoCL's CIFAR-10 recipe), batch 512: ours vs lightly
 bench r18_32 pretrain --config-file configs/pretrain/infocl_cifar10_simclr.yaml \
     --output "$OUT/r18_32.json" "${R18[@]}" DATA.ROOT "$DATA/cifar10/train"
