@@ -40,10 +40,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TRAVEL_LIMIT_MB = 64
 
 #: Packages the device run needs that the image lacks: detectron2's runtime needs (fvcore,
-#: iopath, yacs, pycocotools, termcolor, omegaconf, hydra-core, antlr4) and the benchmark's
-#: reference (lightly). Their versions are read from the running environment.
+#: iopath, yacs, pycocotools, termcolor, omegaconf, hydra-core, antlr4), the run file's schema
+#: (pydantic and its parts), the SLURM executor (submitit) and the benchmark's reference
+#: (lightly). Their versions are read from the running environment.
 PACKAGES = ("fvcore", "iopath", "yacs", "pycocotools", "termcolor", "omegaconf", "hydra-core",
-            "antlr4-python3-runtime", "lightly")
+            "antlr4-python3-runtime", "pydantic", "pydantic-core", "annotated-types",
+            "typing-inspection", "submitit", "lightly")
 
 #: What the image already has (the device tool's package list for the 'cuda' image, read
 #: 2026-11-17; normalised names). A requirement outside PACKAGES must be one of these.
