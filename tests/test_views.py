@@ -355,3 +355,19 @@ def test_a_jpeg_only_the_device_would_see_is_skipped_or_stops_the_run(mixed_fold
     stop = DecodeOnDevice(None, torch.device("cpu"), 48, BadImages("error"))
     with pytest.raises(DatasetError, match="nodata.jpg"):
         stop.decode_batch(items)
+
+
+def test_augmenting_on_the_device_is_the_default_with_cuda_and_said(caplog):
+    from pretrain.config import load_config
+    from pretrain.data import augment_on_device
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    unset = load_config("", [])
+    assert unset.INPUT.AUGMENT_ON_DEVICE is None
+    with caplog.at_level("INFO", logger="pretrain"):
+        assert augment_on_device(unset, cuda) is True
+    assert "INPUT.AUGMENT_ON_DEVICE is not set: augmenting batches on cuda:0" in caplog.text
+    assert augment_on_device(unset, cpu) is False
+    assert augment_on_device(load_config("", ["INPUT.AUGMENTATION", "infomin"]), cuda) is False
+    assert augment_on_device(load_config("", ["INPUT.AUGMENT_ON_DEVICE", "False"]), cuda) is False
+    assert augment_on_device(load_config("", ["INPUT.AUGMENT_ON_DEVICE", "True"]), cpu) is True
