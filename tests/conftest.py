@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to the repository and to the real data sets in ../shared/data."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,19 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted ro): root writes through permission
+    bits, not through this. Skipped, saying so, where mounting is not allowed (CI runs as root
+    and mounts, so there it always runs)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode:
+        if os.environ.get("CI"):
+            pytest.fail("cannot mount a read-only tmpfs, which CI (root) must be able to")
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

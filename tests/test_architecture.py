@@ -23,7 +23,7 @@ LAYERS = (
     ("pretrain.engine",),
     ("pretrain", "pretrain.cli", "pretrain.launch", "pretrain.__main__"),  # entry points
     ("transfer.convert", "transfer.data", "transfer.modeling", "transfer.semseg_labels",
-     "transfer.metrics", "transfer.layout", "transfer.spec"),
+     "transfer.metrics", "transfer.layout", "transfer.run_file", "transfer.spec"),
     ("transfer.config", "transfer.checkpoint", "transfer.visualize"),
     ("transfer.trainer",),
     ("transfer.train_net", "transfer.report"),  # entry point; the report reads the run layout

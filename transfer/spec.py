@@ -14,14 +14,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssl2det.config import read_yaml_mapping
-from ssl2det.errors import UserError
-
 from .layout import RANDOM, RunLayout
+from .run_file import PipelineError, RunFileError, read_run_file
 
-
-class PipelineError(UserError, ValueError):
-    """A bad run file or a failed stage; the message says which and where the log is."""
+__all__ = ["PipelineError", "load_spec", "replicate_name"]
 
 
 def replicate_name(name: str, replicate: int) -> str:
@@ -116,7 +112,7 @@ class PipelineSpec:
         return f"{backbone} ({external.label})" if external and external.label else backbone
 
 
-def _resolve(path: str, run_file: Path) -> str:
+def _resolve(path: str, run_file: Path, where: str) -> str:
     """A path as given, else relative to the run file's folder or one of its parents."""
     if os.path.exists(path):
         return path
@@ -124,78 +120,38 @@ def _resolve(path: str, run_file: Path) -> str:
     for base in (folder, *folder.parents):
         if (base / path).exists():
             return str(base / path)
-    raise PipelineError(f"config not found: {path} (looked in . and above {folder})")
-
-
-def _strings(values) -> list:
-    return [str(v) for v in values or []]
-
-
-def _positive(value, what, path) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise PipelineError(f"{path}: {what} must be a whole number of at least 1, got {value!r}")
-    return value
+    raise RunFileError(f"{run_file}: {where}: config not found: {path} (looked in . and above "
+                       f"{folder})")
 
 
 def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
+    """The run file at `path`, checked against its schema (transfer/run_file.py)."""
     run_file = Path(path)
-    raw = read_yaml_mapping(path, "run file")
-    allowed = {"output_dir", "datasets", "pretrain", "probe", "transfer", "report", "launch",
-               "repeats", "backbones"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-    repeats = _positive(raw.get("repeats", 1), "repeats", path)
-    try:
-        pretrain = [PretrainRun(r["name"], _resolve(r["config"], run_file),
-                                _strings(r.get("overrides")),
-                                _positive(r.get("repeats", 1), f"repeats of {r['name']}", path))
-                    for r in raw.get("pretrain", [])]
-        external = {b["name"]: ExternalBackbone(b["name"], str(b["weights"]),
-                                                str(b.get("label", "")), str(b.get("source", "")))
-                    for b in raw.get("backbones", [])}
-        names = [r.name for r in pretrain] + list(external)
-        transfer = [TransferTask(
-            t["name"], _resolve(t["config"], run_file), _strings(t.get("overrides")),
-            t.get("backbones", [RANDOM, *names]),
-            _positive(t.get("repeats", repeats), f"repeats of {t['name']}", path),
-            str(t.get("baseline", "")), str(t.get("metric", "")),
-            [Reference(str(r["label"]), str(r["metric"]), float(r["value"]), str(r["source"]))
-             for r in t.get("reference", [])])
-            for t in raw.get("transfer", [])]
-        probe = raw.get("probe")
-        probe = ProbeSettings(str(probe["train_root"]), str(probe["val_root"]),
-                              int(probe.get("linear_epochs", 100)), bool(probe.get("baseline", True)),
-                              str(probe.get("linear_protocol", "ours")),
-                              _strings(probe.get("overrides"))) if probe else None
-    except (KeyError, TypeError, ValueError) as e:
-        raise PipelineError(f"{path}: every pretrain/transfer entry needs 'name' and 'config', "
-                            "every backbones entry 'name' and 'weights', every reference "
-                            "'label', 'metric', 'value' (a number) and 'source', probe needs "
-                            f"'train_root' and 'val_root' ({type(e).__name__}: {e})") from None
-    clash = set(external) & {r.name for r in pretrain} | set(external) & {RANDOM}
-    if clash:
-        raise PipelineError(f"{path}: backbone names {sorted(clash)} are used twice")
-    for task in transfer:
-        bad = [b for b in task.backbones if b != RANDOM and b not in names]
-        if bad:
-            raise PipelineError(f"{path}: transfer '{task.name}' names backbones {bad} that no "
-                                f"pretrain or backbones entry defines (known: {sorted(names)} "
-                                f"and '{RANDOM}')")
-        if task.baseline and task.baseline not in task.backbones:
-            raise PipelineError(f"{path}: transfer '{task.name}' has baseline "
-                                f"'{task.baseline}', which is not one of its backbones")
-    datasets = raw.get("datasets", {}) or {}
-    args = []
-    for name, json_file, image_dir in datasets.get("register_coco", []):
+    raw = read_run_file(path)
+    pretrain = [PretrainRun(r.name, _resolve(r.config, run_file, f"pretrain[{i}].config"),
+                            list(r.overrides), r.repeats) for i, r in enumerate(raw.pretrain)]
+    external = {b.name: ExternalBackbone(b.name, b.weights, b.label, b.source)
+                for b in raw.backbones}
+    names = [r.name for r in pretrain] + list(external)
+    transfer = [TransferTask(
+        t.name, _resolve(t.config, run_file, f"transfer[{i}].config"), list(t.overrides),
+        list(t.backbones) if t.backbones is not None else [RANDOM, *names],
+        t.repeats or raw.repeats, t.baseline, t.metric,
+        [Reference(r.label, r.metric, float(r.value), r.source) for r in t.reference])
+        for i, t in enumerate(raw.transfer)]
+    p = raw.probe
+    probe = ProbeSettings(p.train_root, p.val_root, p.linear_epochs, p.baseline,
+                          p.linear_protocol, list(p.overrides)) if p else None
+    d, args = raw.datasets, []
+    for name, json_file, image_dir in d.register_coco:
         args += ["--register-coco", name, json_file, image_dir]
-    for name, voc_dir, split in datasets.get("register_voc", []):
+    for name, voc_dir, split in d.register_voc:
         args += ["--register-voc", name, voc_dir, split]
-    if datasets.get("voc_classes"):
-        args += ["--voc-classes", str(datasets["voc_classes"])]
-    out = Path(output_dir or raw.get("output_dir") or "output/pipeline")
-    report = raw.get("report") or {}
-    return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe,
-                        int(report.get("predictions", 3)), run_file.read_text(),
-                        int((raw.get("launch") or {}).get("num_gpus", 0)), external, str(run_file),
-                        str(report.get("name", "report")))
+    for name, image_dir, label_dir in d.register_semseg:
+        args += ["--register-semseg", name, image_dir, label_dir]
+    if d.class_names():
+        args += ["--voc-classes", ",".join(d.class_names())]
+    out = Path(output_dir or raw.output_dir)
+    return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe, raw.report.predictions,
+                        run_file.read_text(), raw.launch.num_gpus, external, str(run_file),
+                        raw.report.name)
