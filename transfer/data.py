@@ -2,6 +2,7 @@
 a dataset mapper that reads label PNGs as stored, and the training mappers' bad-image policy."""
 
 import copy
+import json
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from detectron2.data.datasets.pascal_voc import register_pascal_voc
 from PIL import Image
 
 from ssl2det.errors import ConfigError, DatasetError
-from ssl2det.images import BadImages
+from ssl2det.images import BadImages, printable_path
 
 
 class DatasetRegistrationError(ConfigError):
@@ -42,6 +43,26 @@ def register_voc(name, voc_dir, split, class_names=VOC_CLASSES, year=2012):
         _require(os.path.join(voc_dir, sub), f"VOC {sub}", "Expected PASCAL VOC's layout.")
     register_pascal_voc(name, voc_dir, split, year, list(class_names))
     MetadataCatalog.get(name).evaluator_type = "pascal_voc"
+
+
+def read_semseg_classes(label_dir: str) -> list:
+    """LABEL_DIR/classes.json: the class names, index by index (tools/coco_to_semseg.py writes
+    it); a DatasetRegistrationError naming the file when it is missing or not a list of names."""
+    path = os.path.join(label_dir, "classes.json")
+    fix = ("it must hold a JSON list of class names, label value 0 first (tools/coco_to_semseg.py "
+           "writes one)")
+    try:
+        with open(path) as f:
+            classes = json.load(f)
+    except FileNotFoundError:
+        raise DatasetRegistrationError(f"--register-semseg: {path} not found; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise DatasetRegistrationError(f"--register-semseg: {path} cannot be read ({e}); "
+                                       f"{fix}") from None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise DatasetRegistrationError(f"--register-semseg: {path} holds "
+                                       f"{type(classes).__name__} {str(classes)[:60]}; {fix}")
+    return classes
 
 
 def register_semseg(name, image_dir, label_dir, classes, ignore_label=255, image_ext="jpg"):
@@ -104,6 +125,14 @@ def dataset_problems(names) -> list:
                             "(coco_2017_train, voc_2007_test, ...)")
             continue
         metadata = MetadataCatalog.get(name)
+        split = metadata.get("split", None)
+        if metadata.get("evaluator_type", None) == "pascal_voc" and split and metadata.get(
+                "dirname", None) and os.path.isdir(metadata.dirname):
+            listing = os.path.join(metadata.dirname, "ImageSets", "Main", f"{split}.txt")
+            if not os.path.isfile(listing):
+                problems.append(f"data set {name}: its image list {listing} does not exist "
+                                f"(PASCAL VOC's layout: ImageSets/Main/{split}.txt)")
+                continue
         for key in ("json_file", "image_root", "dirname", "sem_seg_root"):
             path = metadata.get(key, None)
             if path and not os.path.exists(path):
@@ -127,11 +156,17 @@ def check_datasets(names) -> None:
         raise ConfigError(problems[0])
 
 
+#: What a mapper raises for an image it cannot use: not decodable (truncated, empty, not an
+#: image), too large, or of another size than its annotation says (detectron2's read_image
+#: applies the EXIF orientation, so a rotated photo annotated unrotated lands here)
+UNUSABLE_IMAGE = (OSError, Image.DecompressionBombError, utils.SizeMismatchError)
+
+
 class SkipUnreadableImages(torch.utils.data.Dataset):
-    """The training set, mapped by `mapper`. An image that cannot be decoded (truncated, empty,
-    not an image) is skipped with a warning naming it, listed in OUTPUT_DIR/bad_images.txt, and
-    the next image of the set is mapped in its place (detectron2's own retry, MapDataset's,
-    fails on Python >= 3.11). DATALOADER.BAD_IMAGES error stops at the first one instead."""
+    """The training set, mapped by `mapper`. An image that cannot be used (UNUSABLE_IMAGE) is
+    skipped with a warning naming it, listed in OUTPUT_DIR/bad_images.txt, and the next image
+    of the set is mapped in its place (detectron2's own retry, MapDataset's, fails on Python
+    >= 3.11). DATALOADER.BAD_IMAGES error stops at the first one instead."""
 
     def __init__(self, dataset, mapper, policy: str, report_dir: str):
         self.dataset, self.mapper = dataset, mapper
@@ -145,12 +180,30 @@ class SkipUnreadableImages(torch.utils.data.Dataset):
             dataset_dict = self.dataset[(index + offset) % len(self.dataset)]
             try:
                 mapped = self.mapper(dataset_dict)
-            except (OSError, Image.DecompressionBombError) as e:
+            except UNUSABLE_IMAGE as e:
                 self.bad.unreadable(dataset_dict.get("file_name", "?"), e)
                 continue
             if mapped is not None:  # a mapper may also decline an image (e.g. no boxes left)
                 return mapped
         raise DatasetError("no image of the training set can be used; see the warnings above")
+
+
+class StopAtUnusableImage:
+    """A test set's mapper: an image it cannot use stops the evaluation with one line naming
+    the file (a metric over fewer images than the set has would not compare with others)."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict):
+        try:
+            return self.mapper(dataset_dict)
+        except UNUSABLE_IMAGE as e:
+            name = printable_path(str(dataset_dict.get("file_name", "?")))
+            raise DatasetError(f"test image {name} cannot be evaluated ({type(e).__name__}: "
+                               f"{str(e)[:200]}). Every test image is needed for the metrics to "
+                               "compare: replace the file, fix its annotation, or take it out "
+                               "of the test set.") from None
 
 
 class RandomScale(T.Augmentation):

@@ -14,6 +14,32 @@ from ssl2det.io import atomic_write
 HEADLINE = ("AP", "AP50", "AP75", "mIoU", "fwIoU", "mACC", "pACC")
 FINAL_METRICS = "final_metrics.json"
 
+#: What detectron2's evaluators report, by evaluator type: {task: (metric, ...)}; per-class
+#: entries ("AP-dog", "IoU-dog") come on top, one per class of the data set.
+EVALUATOR_METRICS = {
+    "coco": {"bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+             "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+    "pascal_voc": {"bbox": ("AP", "AP50", "AP75")},
+    "sem_seg": {"sem_seg": ("mIoU", "fwIoU", "mACC", "pACC")},
+}
+_PER_CLASS = {"coco": ("AP-",), "sem_seg": ("IoU-", "ACC-")}
+
+
+def known_metrics(cfg) -> list:
+    """The metric names ("bbox/AP50", ...) an evaluation of `cfg` on its first test set
+    reports (its data set must be registered)."""
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+    kind = metadata.get("evaluator_type", "coco")
+    tasks = dict(EVALUATOR_METRICS.get(kind, {}))
+    if kind == "coco" and not cfg.MODEL.MASK_ON:
+        tasks.pop("segm")
+    classes = metadata.get("stuff_classes" if kind == "sem_seg" else "thing_classes", None) or []
+    return [f"{task}/{metric}" for task, metrics in tasks.items() for metric in metrics] + [
+        f"{task}/{prefix}{name}" for task in tasks for prefix in _PER_CLASS.get(kind, ())
+        for name in classes]
+
 
 def flatten_results(results) -> dict:
     """{"bbox/AP": ..., "segm/AP50": ..., "sem_seg/mIoU": ...} from detectron2's nested dict."""

@@ -48,6 +48,7 @@ from pretrain.launch import launch_command
 from ssl2det.config import config_values, key_in
 from ssl2det.errors import one_line_errors
 from ssl2det.io import atomic_write
+from ssl2det.output_dir import claim_output_dir, refuse_if_busy
 from ssl2det.process import log_tail, run_logged
 
 from .config import RUNTIME_KEYS as TRANSFER_RUNTIME_KEYS
@@ -189,7 +190,7 @@ class ConvertStage(Stage):
         super().__init__(self.target.parent, f"convert {name}", ("convert", name))
         self.outputs = [self.target]
         self.record = self.target.with_suffix(".stage.json")
-        self.source, self.upstream_key = source, upstream_key
+        self.name, self.source, self.upstream_key = name, source, upstream_key
 
     def is_complete(self):
         return self.target.is_file()
@@ -385,9 +386,12 @@ def run_pipeline(spec, echo=_echo_progress, keep_stale=False):
     A complete stage whose inputs have changed since (another config, override or upstream
     result) is stale: its outputs are moved aside and it runs again; with `keep_stale` it is
     skipped and reported as stale."""
+    refuse_if_busy(str(spec.layout.root), key="output_dir")  # before minutes of pre-flight
     stages = build_stages(spec)
     print(f"[pipeline] pre-flight: {preflight(spec, stages)}", flush=True)
-    spec.layout.root.mkdir(parents=True, exist_ok=True)
+    # held until this process ends: a second pipeline here would move this one's live
+    # outputs aside and resume from its checkpoints
+    claim_output_dir(str(spec.layout.root), key="output_dir")
     spec.layout.run_file.write_text(spec.source)
     hashes = fingerprints(stages)
     stale = []

@@ -20,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+#: Labels come from run files: drawn as written ("$5", "a_b"), never parsed as mathtext
+PLAIN_TEXT = {"text.parse_math": False}
+
 from ssl2det.environment import collect_env  # noqa: E402
 
 from .layout import RANDOM  # noqa: E402
@@ -49,6 +52,7 @@ def read_metrics(path: Path) -> list:
     return rows
 
 
+@plt.rc_context(PLAIN_TEXT)
 def _curve_plot(series: dict, key: str, ylabel: str, title: str, path: Path):
     """One line per run of `key` against iteration; returns the path, or None without data."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
@@ -189,6 +193,7 @@ def differences_table(spec):
             "pairs", "verdict"], rows
 
 
+@plt.rc_context(PLAIN_TEXT)
 def headline_chart(spec, task, path: Path):
     """The task's metric per backbone: the mean with a ±1 std bar, every seed as a dot, and the
     published numbers as dashed lines; returns the path, or None without results."""
