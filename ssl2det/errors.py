@@ -32,9 +32,14 @@ def user_message(error: BaseException) -> str:
     return text
 
 
+#: The exit code of a run stopped by Ctrl-C (the shells' 128 + SIGINT)
+INTERRUPTED = 130
+
+
 def one_line_errors(main):
     """For an entry point `main(...) -> exit code`: a UserError it raises is printed as one
-    line, `error: MESSAGE`, on stderr, and its exit_code returned, instead of a traceback."""
+    line, `error: MESSAGE`, on stderr, and its exit_code returned, instead of a traceback; so is
+    Ctrl-C (exit 130)."""
 
     @functools.wraps(main)
     def entry_point(*args, **kwargs):
@@ -43,5 +48,10 @@ def one_line_errors(main):
         except UserError as e:
             print(f"error: {user_message(e)}", file=sys.stderr)
             return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C): nothing written is damaged; the same command with "
+                  "--resume (the pipeline: the same command) continues from the last checkpoint",
+                  file=sys.stderr)
+            return INTERRUPTED
 
     return entry_point

@@ -64,8 +64,9 @@ class BadImages:
         """Called for a file that failed to decode; the caller then uses the next image."""
         reason = printable_path(f"{type(error).__name__}: {str(error)[:200]}")
         name = printable_path(path)
-        if self.policy == "error":
-            raise DatasetError(f"{name} cannot be decoded ({reason}). Remove or replace the file, "
+        if self.policy == "error":  # (decoded, but unusable: of another size than annotated)
+            how = "decoded" if isinstance(error, OSError) else "used"
+            raise DatasetError(f"{name} cannot be {how} ({reason}). Remove or replace the file, "
                                f"or set {self.key} skip to skip such files with a warning.")
         self._record(name, reason, f"skipping unreadable image {name} ({reason}); the next "
                                    "image is used in its place")

@@ -1,7 +1,10 @@
 """Files written atomically, and checkpoints read without running code from them."""
 
+import glob
 import os
 import pickle
+import re
+import socket
 import tempfile
 
 import torch
@@ -24,6 +27,13 @@ class FileWriteError(UserError, OSError):
     was left behind."""
 
 
+class UnwritableFolderError(FileWriteError):
+    """The folder a file was to go to cannot be written (read-only, not ours, not there): the
+    path given is wrong, exit code 2."""
+
+    exit_code = 2
+
+
 class _RecordingFile:
     """The file handed to a writer, keeping the OS error a write hit: torch.save reports a full
     disk only as a generic RuntimeError."""
@@ -42,13 +52,56 @@ class _RecordingFile:
         return getattr(self._f, name)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _writer_tag() -> str:
+    """Names the writing process in its temporary file: host and pid (a shared file system is
+    written from several hosts, whose pids mean nothing here)."""
+    return f"{socket.gethostname()}.pid{os.getpid()}"
+
+
+def remove_dead_writers_files(path: str) -> list:
+    """Remove the temporary files that writers of `path` on this host killed inside
+    `atomic_write` left (their process is gone); returns them. A live writer's file, and any
+    other host's, is left alone."""
+    folder, name = os.path.split(os.path.abspath(path))
+    host = socket.gethostname()
+    removed = []
+    pattern = f".{glob.escape(name)}.{glob.escape(host)}.pid*.tmp"
+    for tmp in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        pid = re.match(r"pid(\d+)\.", os.path.basename(tmp)[len(name) + len(host) + 3:])
+        if pid and not _pid_alive(int(pid.group(1))):
+            try:
+                os.remove(tmp)
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str, write) -> None:
     """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it onto
     `path`: a reader (or a resumed run) sees the old file or the new one, never half of one.
     The file gets the mode a plain `open` would give it (umask). A write that fails on the disk
-    (full, size limit) is a FileWriteError naming `path`, and the temporary file is removed."""
+    (full, size limit, a folder it may not write) is a FileWriteError naming `path`, and the
+    temporary file is removed; one a killed writer left (its name carries the writer's pid) is
+    removed by the next write of `path`."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    remove_dead_writers_files(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp",
+                                   prefix=f".{os.path.basename(path)}.{_writer_tag()}.")
+    except OSError as e:
+        raise UnwritableFolderError(f"cannot write {path}: {e.strerror or e} (in {folder}); "
+                                    "choose a folder you can write, then run again.") from None
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
     recording = None
     try:
@@ -89,6 +142,9 @@ def load_checkpoint_file(path: str) -> dict:
         raise UnreadableCheckpointError(f"{path}: no such file") from None
     except Exception as e:  # unpickling errors come in many types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in first:  # (torch's advice to load unsafely: not ours)
+            first = ("it holds objects that are not tensors and plain data: a pickled model, "
+                     "or code")
         raise UnreadableCheckpointError(
             f"{path} cannot be loaded as a PyTorch checkpoint ({first}). It is truncated, not a "
             "checkpoint, or a pickle that would run code (refused: checkpoints are loaded with "

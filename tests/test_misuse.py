@@ -350,6 +350,115 @@ def test_the_converter_names_a_bad_output_path(tmp_path):
         save_detectron2_weights(conversion, str(tmp_path / "missing" / "r18.pkl"))
 
 
+def test_the_converter_never_destroys_its_input_or_a_special_file(tmp_path, capsys):
+    """`convert in.pth in.pth` would replace the input; as root an output of /dev/null or a pipe
+    would be replaced by a regular file: each refused in one line, exit 2, nothing changed. (A
+    FIFO and a link to it stand in for a device.)"""
+    import torchvision
+
+    from transfer.convert import main
+
+    source = tmp_path / "in.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), source)
+    data = source.read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "link").symlink_to(fifo)
+    (tmp_path / "same").symlink_to(source)
+    for output, message in ((source, "is the input"), (tmp_path / "same", "is the input"),
+                            (fifo, "not a regular file"), (tmp_path / "link", "symbolic link")):
+        assert main([str(source), str(output)]) == 2
+        assert message in capsys.readouterr().err
+    assert source.read_bytes() == data and fifo.is_fifo() and (tmp_path / "link").is_symlink()
+
+
+def test_writes_into_an_unwritable_folder_and_killed_writes_are_one_line_and_cleaned(
+        tmp_path, read_only_dir, capsys):
+    """The converter into a read-only folder: one line, exit 2. A write killed halfway leaves
+    its temporary file; the next write of that path removes it, a live writer's is kept."""
+    import socket
+
+    import torchvision
+
+    from ssl2det.io import atomic_write
+    from transfer.convert import main
+
+    source = tmp_path / "in.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), source)
+    assert main([str(source), str(read_only_dir / "out.pkl")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {read_only_dir / 'out.pkl'}: Read-only file system" in err
+    target = tmp_path / "r18.pkl"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".r18.pkl.{socket.gethostname()}.pid{dead.pid}.abc.tmp"
+    live = tmp_path / f".r18.pkl.{socket.gethostname()}.pid{os.getpid()}.def.tmp"
+    left.write_bytes(b"x" * 1000)
+    live.write_bytes(b"x")
+    atomic_write(str(target), lambda f: f.write(b"weights"))
+    assert not left.exists() and live.exists() and target.read_bytes() == b"weights"
+
+
+@pytest.mark.slow
+def test_output_dirs_on_a_read_only_file_system_are_one_line(read_only_dir, shared_data):
+    pretrain = _run(PRETRAIN + TINY_PRETRAIN + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
+                                                "OUTPUT_DIR", str(read_only_dir)])
+    _one_line_error(pretrain, 2, f"OUTPUT_DIR {read_only_dir} cannot be written")
+    stage_two = _run(TRAIN_NET + VOC_CPU + ["OUTPUT_DIR", str(read_only_dir / "run")])
+    _one_line_error(stage_two, 2, f"OUTPUT_DIR {read_only_dir / 'run'} cannot be created")
+
+
+@pytest.mark.parametrize("content, message", [(None, "classes.json not found"),
+                                              ("{not json", "cannot be read"),
+                                              ('{"a": 1}', "holds dict")])
+def test_a_semantic_segmentation_folder_without_its_class_list_is_named(tmp_path, content,
+                                                                        message):
+    from transfer.data import DatasetRegistrationError
+    from transfer.train_net import parse_args, register_datasets
+
+    (tmp_path / "labels").mkdir()
+    if content is not None:
+        (tmp_path / "labels" / "classes.json").write_text(content)
+    args = parse_args(["--register-semseg", "seg", str(tmp_path), str(tmp_path / "labels")])
+    with pytest.raises(DatasetRegistrationError, match=message):
+        register_datasets(args)
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(shared_data,
+                                                                            tmp_path):
+    """Ctrl-C (SIGINT) of a pretraining: 'interrupted', exit 130, no traceback. SIGKILL of the
+    pipeline during a pretraining stage: the stage (told by SIGTERM, PR_SET_PDEATHSIG) writes a
+    checkpoint, and its last lines, 'stopped by SIGTERM' among them, are in its log (the stage
+    writes its log itself)."""
+    proc = subprocess.Popen(PRETRAIN + TINY_PRETRAIN + [
+        "DATA.ROOT", str(shared_data / "cifar10-small/test"), "SOLVER.MAX_ITER", "100000",
+        "OUTPUT_DIR", str(tmp_path / "sigint")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    _wait_for(lambda: (tmp_path / "sigint/metrics.json").is_file(), "the first logged step")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "interrupted (Ctrl-C)" in err
+
+    import yaml
+
+    out = tmp_path / "pipeline"
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"output_dir": str(out), "pretrain": [
+        {"name": "a", "config": str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
+         "overrides": TINY_PRETRAIN[2:] + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
+                                           "SOLVER.MAX_ITER", "100000"]}]}))
+    pipeline = subprocess.Popen([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (out / "pretrain/a/metrics.json").is_file(), "the stage's first step")
+    pipeline.send_signal(signal.SIGKILL)
+    pipeline.wait()
+    log = out / "pretrain/a/pretrain.log"
+    _wait_for(lambda: "stopped by SIGTERM" in log.read_text(), "the stage's last line in its log")
+    _wait_for(lambda: (out / "pretrain/a/last_checkpoint").is_file(), "its checkpoint")
+
+
 def test_launcher_arguments(capsys, monkeypatch):
     from pretrain.cli import build_parser
     from pretrain.launch import launch_command, main

@@ -367,8 +367,12 @@ def test_pretraining_over_bad_images_finishes_or_stops_clearly(folder_with_bad_i
 
 
 @pytest.mark.slow
-def test_train_net_skips_an_unreadable_image_or_stops_clearly(tmp_path):
-    """Stage two: a truncated JPEG among the training images of a VOC-layout set."""
+def test_train_net_skips_an_unusable_image_or_stops_clearly(tmp_path):
+    """Stage two: a truncated JPEG and a photo with an EXIF rotation its annotation does not
+    share (detectron2 applies the rotation, so its size no longer fits) among the training
+    images of a VOC-layout set: skipped and listed, or the run stops naming the file. In the
+    test set the same files stop the evaluation, named (a metric over fewer images would not
+    compare)."""
     voc = tmp_path / "voc"
     names = [f"raccoon-{i}" for i in range(1, 5)]
     source = REPO / "datasets/raccoon_small"
@@ -377,25 +381,41 @@ def test_train_net_skips_an_unreadable_image_or_stops_clearly(tmp_path):
     for name in names:
         shutil.copy(source / "Annotations" / f"{name}.xml", voc / "Annotations")
         shutil.copy(source / "JPEGImages" / f"{name}.jpg", voc / "JPEGImages")
-    (voc / "ImageSets/Main/train.txt").write_text("\n".join(names) + "\n")
+    for split in ("train", "test"):
+        (voc / f"ImageSets/Main/{split}.txt").write_text("\n".join(names) + "\n")
     _damage(voc / "JPEGImages" / f"{names[1]}.jpg")
-    args = TRAIN_NET + [
+    rotated = voc / "JPEGImages" / f"{names[2]}.jpg"
+    photo, exif = Image.open(rotated), Image.Exif()
+    assert photo.width != photo.height
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    photo.save(rotated, exif=exif)
+    common = TRAIN_NET + [
         "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
-        "--register-voc", "tiny_train", str(voc), "train", "--voc-classes", "raccoon",
-        "DATASETS.TRAIN", '("tiny_train",)', "DATASETS.TEST", "()",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
-        "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.MAX_ITER", "3",
-        "DATALOADER.NUM_WORKERS", "1"]
+        "--register-voc", "tiny_train", str(voc), "train", "--register-voc", "tiny_test",
+        str(voc), "test", "--voc-classes", "raccoon", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
+        "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "1"]
+    args = common + ["DATASETS.TRAIN", '("tiny_train",)', "DATASETS.TEST", "()",
+                     "SOLVER.MAX_ITER", "3"]
     skipped = _run(args + ["OUTPUT_DIR", str(tmp_path / "skip")])
     assert skipped.returncode == 0, (skipped.stdout + skipped.stderr)[-3000:]
     assert "skipping unreadable image" in skipped.stdout + skipped.stderr
-    assert f"{names[1]}.jpg" in (tmp_path / "skip/bad_images.txt").read_text()
+    listed = (tmp_path / "skip/bad_images.txt").read_text()
+    assert f"{names[1]}.jpg" in listed and f"{names[2]}.jpg\tSizeMismatchError" in listed
 
     fatal = _run(args + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATALOADER.BAD_IMAGES", "error"])
-    assert fatal.returncode == 1
-    assert f"{names[1]}.jpg cannot be decoded" in fatal.stderr
-    assert "DATALOADER.BAD_IMAGES skip" in fatal.stderr and "Traceback" not in fatal.stderr
+    assert fatal.returncode == 1 and "Traceback" not in fatal.stderr
+    assert (f"{names[1]}.jpg cannot be decoded" in fatal.stderr
+            or f"{names[2]}.jpg cannot be used" in fatal.stderr), fatal.stderr[-2000:]
+    assert "DATALOADER.BAD_IMAGES skip" in fatal.stderr
+
+    evaluated = _run(common + ["--eval-only", "DATASETS.TEST", '("tiny_test",)',
+                               "OUTPUT_DIR", str(tmp_path / "eval")])
+    assert evaluated.returncode == 1 and "Traceback" not in evaluated.stderr
+    assert "cannot be evaluated" in evaluated.stderr and (
+        f"{names[1]}.jpg" in evaluated.stderr or f"{names[2]}.jpg" in evaluated.stderr)
+    assert not (tmp_path / "eval/final_metrics.json").exists()
 
 
 # --- bad configs and arguments ---------------------------------------------------------------

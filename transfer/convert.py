@@ -178,6 +178,20 @@ def finetune_keys(arch: str) -> str:
     return f"MODEL.RESNETS.DEPTH {depth}"
 
 
+def check_output(source: str, path: str) -> None:
+    """The output must be a new path or a regular file, and not the input: a conversion that
+    replaced its input, or turned /dev/null or a pipe into a file, would destroy data."""
+    if os.path.lexists(path) and os.path.exists(source) and os.path.samefile(source, path):
+        raise ConversionError(f"the output {path} is the input; give another file name for the "
+                              "detectron2 weights (the input would be lost)")
+    if os.path.islink(path):
+        raise ConversionError(f"the output {path} is a symbolic link (to "
+                              f"{os.path.realpath(path)}); give a plain file name")
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ConversionError(f"the output {path} is not a regular file (a device, pipe or "
+                              "socket); give a plain file name")
+
+
 def save_detectron2_weights(conversion: Conversion, path: str) -> None:
     """detectron2's pickle format, written atomically."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -201,6 +215,7 @@ def main(argv=None, description=__doc__):
     parser.add_argument("--ema", action="store_true",
                         help="take the momentum / EMA encoder (BYOL target, MoCo key encoder)")
     args = parser.parse_args(argv)
+    check_output(args.input, args.output)
     conversion = convert_checkpoint(args.input, ema=args.ema)
     save_detectron2_weights(conversion, args.output)
     print(conversion.summary())

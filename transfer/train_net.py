@@ -16,7 +16,6 @@ are found under $DETECTRON2_DATASETS. Without a GPU it runs on the CPU (one proc
 metrics are printed as a table and saved to OUTPUT_DIR/final_metrics.json.
 """
 
-import json
 import os
 import sys
 
@@ -30,8 +29,8 @@ from ssl2det.process import die_with_parent
 
 from .checkpoint import TransferCheckpointer
 from .config import setup
-from .data import (VOC_CLASSES, register_builtin_voc_semseg, register_coco, register_semseg,
-                   register_voc)
+from .data import (VOC_CLASSES, read_semseg_classes, register_builtin_voc_semseg, register_coco,
+                   register_semseg, register_voc)
 from .metrics import headline, save_final_metrics
 from .trainer import Trainer
 
@@ -44,8 +43,7 @@ def register_datasets(args):
     for name, voc_dir, split in args.register_voc:
         register_voc(name, voc_dir, split, classes)
     for name, image_dir, label_dir in args.register_semseg:
-        with open(f"{label_dir}/classes.json") as f:
-            register_semseg(name, image_dir, label_dir, json.load(f))
+        register_semseg(name, image_dir, label_dir, read_semseg_classes(label_dir))
 
 
 def report(cfg, results):

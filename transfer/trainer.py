@@ -19,7 +19,7 @@ from ssl2det.preemption import CheckpointOnSignal
 
 from . import modeling  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .checkpoint import TransferCheckpointer
-from .data import SemSegDatasetMapper, SkipUnreadableImages
+from .data import SemSegDatasetMapper, SkipUnreadableImages, StopAtUnusableImage
 
 logger = logging.getLogger("transfer")
 
@@ -113,4 +113,5 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=cls._mapper(cfg, False))
+        mapper = cls._mapper(cfg, False) or DatasetMapper(cfg, False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=StopAtUnusableImage(mapper))
