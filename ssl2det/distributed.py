@@ -8,6 +8,7 @@ slice), and DDP averages the parameter gradients. tests/test_distributed.py chec
 
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,32 @@ def ranks_from_environment():
     return 0, 1, 0
 
 
+def expand_hostlist(hostlist: str) -> list:
+    """SLURM's compressed host list ("node[01-03,07],gpu5") as host names."""
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", hostlist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            for number in range(int(first), int(last or first) + 1):
+                hosts.append(f"{prefix}{number:0{len(first)}d}")
+    return hosts
+
+
+def slurm_master_address() -> tuple:
+    """(host, port) where the processes of this SLURM job meet: the first node of the job's
+    node list, and a port derived from the job id (jobs sharing a node do not collide)."""
+    env = os.environ
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodes:
+        raise ConfigError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not: run the tasks "
+                          "with srun inside the job, or export MASTER_ADDR and MASTER_PORT")
+    job = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
+    return expand_hostlist(nodes)[0], 20000 + job % 20000
+
+
 def init_distributed(device_type: str, timeout_s: float = 1800.0):
     """Join the process group described by the environment; returns (rank, world, local_rank).
 
@@ -55,9 +82,10 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0):
     """
     rank, world, local = ranks_from_environment()
     if world > 1 and "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
-        if "MASTER_ADDR" not in os.environ:
-            raise ConfigError("under SLURM, export MASTER_ADDR (the first node's host name) and "
-                               "MASTER_PORT in the sbatch script; see docs/pretrain.md")
+        if "MASTER_ADDR" not in os.environ:  # the job's first node, as every task computes it
+            host, port = slurm_master_address()
+            os.environ["MASTER_ADDR"] = host
+            os.environ.setdefault("MASTER_PORT", str(port))
         os.environ.setdefault("MASTER_PORT", "29500")
     if world > 1 and not is_distributed():
         backend = "nccl" if device_type == "cuda" else "gloo"

@@ -1,7 +1,10 @@
-"""Preemption: on SIGTERM (a cluster reclaiming the machine, a launcher stopping its workers) or
-SIGUSR1 (SLURM's `--signal`), a training run finishes its step, writes a checkpoint and stops
-with a line saying how to continue. Without it, up to CHECKPOINT_PERIOD iterations are lost.
-A second signal of the same kind ends the process at once."""
+"""Preemption: on SIGTERM (a cluster reclaiming the machine, a launcher stopping its workers),
+SIGUSR1 (SLURM's `--signal` as users write it) or SIGUSR2 (the warning submitit asks SLURM for,
+transfer/executors.py), a training run finishes its step, writes a checkpoint and stops with a
+line saying how to continue. Without it, up to CHECKPOINT_PERIOD iterations are lost. A second
+signal of the same kind ends the process at once. The handlers are installed before the data
+loader's workers start, so the workers (forked) inherit them and live through a signal sent to
+the whole job."""
 
 import signal
 
@@ -10,7 +13,7 @@ from detectron2.engine import HookBase
 from .distributed import any_rank
 from .errors import UserError
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StoppedBySignal(UserError):

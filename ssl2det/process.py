@@ -27,37 +27,45 @@ def die_with_parent(sig: int = signal.SIGTERM, parent: int = None) -> None:
         os.kill(os.getpid(), sig)
 
 
+def start_logged(argv, log_path, env=None) -> subprocess.Popen:
+    """Start `argv` with its output (stdout and stderr) appended to `log_path` by the child
+    itself, unbuffered (PYTHONUNBUFFERED), after the command line; the child gets SIGTERM if
+    this process dies."""
+    argv = [str(a) for a in argv]
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=functools.partial(die_with_parent, parent=os.getpid()))
+
+
 def run_logged(argv, log_path, echo=None, env=None) -> int:
     """Run `argv`, appending the command line and its output (stdout and stderr) to
     `log_path`, and handing each line to `echo` if given; returns the exit code. The child
     writes the log itself, unbuffered (PYTHONUNBUFFERED), so its last lines are there even when
     this process is killed (a pipe through this process would lose them); this process follows
     the file. The child gets SIGTERM if this process dies."""
-    argv = [str(a) for a in argv]
-    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(argv)}\n")
-        log.flush()
-        with open(log_path, errors="replace") as follow:
-            follow.seek(0, os.SEEK_END)
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=functools.partial(die_with_parent,
-                                                                 parent=os.getpid()))
-            pending = ""
-            while True:
-                finished = proc.poll() is not None
-                chunk = follow.read()
-                pending += chunk
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    if echo:
-                        echo(line + "\n")
-                if finished and not chunk:
-                    if pending and echo:
-                        echo(pending)
-                    return proc.returncode
-                if not chunk:
-                    time.sleep(0.1)
+    if echo is None:
+        return start_logged(argv, log_path, env).wait()
+    Path(log_path).touch()
+    with open(log_path, errors="replace") as follow:
+        follow.seek(0, os.SEEK_END)  # a resumed stage's log holds the earlier runs' lines
+        proc = start_logged(argv, log_path, env)
+        pending = ""
+        while True:
+            finished = proc.poll() is not None
+            chunk = follow.read()
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                echo(line + "\n")
+            if finished and not chunk:
+                if pending:
+                    echo(pending)
+                return proc.returncode
+            if not chunk:
+                time.sleep(0.1)
 
 
 def log_tail(log_path, lines: int = 15) -> str:

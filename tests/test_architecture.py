@@ -27,7 +27,8 @@ LAYERS = (
     ("transfer.config", "transfer.checkpoint", "transfer.visualize"),
     ("transfer.trainer",),
     ("transfer.train_net", "transfer.report"),  # entry point; the report reads the run layout
-    ("transfer.preflight",),  # checks a run's inputs as train_net will read them
+    ("transfer.preflight",  # checks a run's inputs as train_net will read them
+     "transfer.executors"),  # where the stages run: this machine, or SLURM jobs
     ("transfer", "transfer.pipeline"),  # the pipeline runs the entry points of both stages
 )
 

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from ssl2det.process import log_tail, run_logged
 
 from .config import RUNTIME_KEYS as TRANSFER_RUNTIME_KEYS
 from .config import merge_config
+from .executors import ALIVE, build_executor, job_states
 from .layout import RANDOM
 from .preflight import preflight
 from .report import write_report
@@ -81,6 +83,20 @@ class Stage:
         self.folder, self.label, self.key = folder, label, key
         self.outputs = [folder]
         self.record = folder / "stage.json"
+        self.requires = []  # the keys of the stages whose outputs this one reads (build_stages)
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / f"{self.kind}.log"
+
+    def upstream_keys(self) -> list:
+        """The stages this one reads, where they are part of the run."""
+        return []
+
+    def task_command(self) -> list:
+        """The command of one process when the executor starts the processes itself (SLURM:
+        a task per GPU for pretraining); the others' command is the same as locally."""
+        return self.command()
 
     def is_complete(self) -> bool:
         raise NotImplementedError
@@ -99,18 +115,29 @@ class Stage:
     def has_outputs(self) -> bool:
         return any(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in self.outputs)
 
-    def recorded_hash(self):
+    def _read_record(self) -> dict:
         try:
-            return json.loads(self.record.read_text()).get("hash")
+            return json.loads(self.record.read_text())
         except (OSError, ValueError):
-            return None
+            return {}
 
-    def write_record(self, fingerprint: str, seconds: float = None):
-        """The record: the hash of the inputs, the command, the effective config and, once the
-        stage has finished, its wall time (the report's "what ran")."""
+    def recorded_hash(self):
+        return self._read_record().get("hash")
+
+    def recorded_job(self) -> str:
+        """The id of the SLURM job last submitted for this stage ("" for none)."""
+        return str(self._read_record().get("job", ""))
+
+    def write_record(self, fingerprint: str, seconds: float = None, job: str = "",
+                     command=None):
+        """The record: the hash of the inputs, the command, the effective config, the SLURM job
+        (when one runs it) and, once the stage has finished, its wall time (the report's "what
+        ran")."""
         self.record.parent.mkdir(parents=True, exist_ok=True)
-        record = {"hash": fingerprint, "command": [str(c) for c in self.command()],
+        record = {"hash": fingerprint, "command": [str(c) for c in command or self.command()],
                   "config": self.effective_config()}
+        if job:
+            record["job"] = job
         if seconds is not None:
             record["seconds"] = round(seconds, 1)
         text = json.dumps(record, indent=1)
@@ -129,7 +156,7 @@ class Stage:
 
     def run(self, echo):
         self.folder.mkdir(parents=True, exist_ok=True)
-        log = self.folder / f"{self.kind}.log"
+        log = self.log_path
         code = run_logged(self.command(), log, echo,
                           env=dict(os.environ, PYTHONWARNINGS="ignore::FutureWarning"))
         if code != 0:
@@ -169,6 +196,10 @@ class PretrainStage(Stage):
     def command(self):
         return launch_command(self.run_spec.config, self.num_gpus, resume=True, opts=self.opts())
 
+    def task_command(self):
+        # one process: under SLURM every task is one, its rank from SLURM's environment
+        return launch_command(self.run_spec.config, 1, resume=True, opts=self.opts())
+
     @functools.cached_property
     def config(self):
         return load_config(self.run_spec.config, self.opts())
@@ -191,6 +222,13 @@ class ConvertStage(Stage):
         self.outputs = [self.target]
         self.record = self.target.with_suffix(".stage.json")
         self.name, self.source, self.upstream_key = name, source, upstream_key
+
+    @property
+    def log_path(self) -> Path:  # conversions share a folder, and may run at once (SLURM)
+        return self.target.with_suffix(".log")
+
+    def upstream_keys(self):
+        return [self.upstream_key] if self.upstream_key else []
 
     def is_complete(self):
         return self.target.is_file()
@@ -225,6 +263,9 @@ class ProbeStage(Stage):
         else:  # the run's own config.yaml, beside its checkpoint
             self.encoder = ["--checkpoint", spec.layout.pretrain_checkpoint(self.name)]
 
+    def upstream_keys(self):
+        return [("pretrain", self.name)] if self.pretrain else []
+
     def is_complete(self):
         return self.result.is_file()
 
@@ -255,10 +296,21 @@ class TrainNetStage(Stage):
         self.spec, self.task, self.backbone, self.replicate = spec, task, backbone, replicate
         self.weights_from = spec.backbone_replicate(backbone, replicate)
 
-    def train_net(self, *flags):
+    def train_net(self, *flags, num_gpus=None):
+        gpus = max(1, self.spec.num_gpus if num_gpus is None else num_gpus)
         return [sys.executable, "-m", "transfer.train_net", "--config-file", self.task.config,
-                *flags, "--num-gpus", max(1, self.spec.num_gpus), *self.spec.dataset_args,
+                *flags, "--num-gpus", gpus, *self.spec.dataset_args,
                 *self.task.overrides, "SEED", self.replicate, *self.extra_opts()]
+
+    def command(self):
+        return self.train_net(*self.flags())
+
+    def task_command(self):  # a job's node: one task, a process per GPU of the node
+        return self.train_net(*self.flags(),
+                              num_gpus=self.spec.launch.resources(self.kind).gpus_per_node)
+
+    def flags(self) -> list:
+        raise NotImplementedError
 
     def extra_opts(self) -> list:
         raise NotImplementedError
@@ -297,13 +349,16 @@ class FinetuneStage(TrainNetStage):
     def is_complete(self):
         return _final_checkpoint_done(self.folder)
 
+    def upstream_keys(self):
+        return [("convert", self.weights_from)]
+
     def extra_opts(self):
         # No evaluation here (DATASETS.TEST empty): the evaluate stage does it once.
         return ["MODEL.WEIGHTS", _weights(self.spec, self.weights_from),
                 "DATASETS.TEST", "()", "OUTPUT_DIR", self.folder]
 
-    def command(self):
-        return self.train_net("--resume")
+    def flags(self):
+        return ["--resume"]
 
     def inputs(self, upstream):
         return {**self.config_inputs(),
@@ -323,11 +378,14 @@ class EvaluateStage(TrainNetStage):
     def is_complete(self):
         return (self.folder / "final_metrics.json").is_file()
 
+    def upstream_keys(self):
+        return [self.finetune_key]
+
     def extra_opts(self):
         return ["MODEL.WEIGHTS", self.weights, "OUTPUT_DIR", self.folder]
 
-    def command(self):
-        return self.train_net("--eval-only", "--save-predictions", self.spec.predictions)
+    def flags(self):
+        return ["--eval-only", "--save-predictions", self.spec.predictions]
 
     def inputs(self, upstream):
         return {**self.config_inputs(), "predictions": self.spec.predictions,
@@ -353,6 +411,9 @@ def build_stages(spec):
     for task in spec.transfer:
         stages += [EvaluateStage(spec, task, b, k) for b in task.backbones
                    for k in range(task.repeats)]
+    keys = {stage.key for stage in stages}
+    for stage in stages:
+        stage.requires = [key for key in stage.upstream_keys() if key in keys]
     return stages
 
 
@@ -379,26 +440,66 @@ def _echo_progress(line: str):
         print("    " + (message.group(1) if message else line.strip())[:160], flush=True)
 
 
-def run_pipeline(spec, echo=_echo_progress, keep_stale=False):
-    """Check every input (the pre-flight), run the stages that are not complete, then write the
-    report; returns its path.
+class ReportStage:
+    """The report as a SLURM job: `--report-only` after every other stage (locally the pipeline
+    writes it itself)."""
 
-    A complete stage whose inputs have changed since (another config, override or upstream
-    result) is stale: its outputs are moved aside and it runs again; with `keep_stale` it is
-    skipped and reported as stale."""
-    refuse_if_busy(str(spec.layout.root), key="output_dir")  # before minutes of pre-flight
-    stages = build_stages(spec)
-    print(f"[pipeline] pre-flight: {preflight(spec, stages)}", flush=True)
-    # held until this process ends: a second pipeline here would move this one's live
-    # outputs aside and resume from its checkpoints
-    claim_output_dir(str(spec.layout.root), key="output_dir")
-    spec.layout.run_file.write_text(spec.source)
-    hashes = fingerprints(stages)
-    stale = []
-    start = time.time()
+    kind, label, key = "report", "report", ("report",)
+
+    def __init__(self, spec):
+        self.spec, self.folder = spec, spec.layout.root
+        self.log_path = self.folder / "report.log"
+        self.record = self.folder / "report.stage.json"
+
+    def command(self):
+        return [sys.executable, "-m", "transfer.pipeline", str(self.spec.layout.run_file),
+                "--output-dir", str(self.spec.layout.root), "--report-only"]
+
+    def recorded_job(self) -> str:
+        try:
+            return str(json.loads(self.record.read_text()).get("job", ""))
+        except (OSError, ValueError):
+            return ""
+
+    def write_record(self, job: str):
+        text = json.dumps({"job": job, "command": [str(c) for c in self.command()]}, indent=1)
+        atomic_write(str(self.record), lambda f: f.write(text.encode()))
+
+
+def stale_stages(stages, hashes) -> list:
+    """Keys of the complete stages made from other inputs than the run file's now."""
+    return [s.key for s in stages if s.is_complete() and s.recorded_hash() not in (
+        None, hashes[s.key])]
+
+
+def _records(stages):
+    return [(stage.label, stage.record, stage.folder) for stage in stages]
+
+
+def plan(stages, hashes, keep_stale, executor):
+    """What to do with each stage: (todo [(prefix, stage)], stale kept [keys], live jobs
+    {key: job id}). Complete current stages are skipped; a stage whose SLURM job is queued or
+    running is left to it; a stage made from other inputs has its outputs moved aside (or is
+    kept, marked stale, with `keep_stale`)."""
+    states = job_states(stage.recorded_job() for stage in stages)
+    todo, stale, live = [], [], {}
     for i, stage in enumerate(stages, 1):
         prefix = f"[pipeline {i}/{len(stages) + 1}] {stage.label}"
         current = stage.recorded_hash() == hashes[stage.key]
+        job = stage.recorded_job()
+        state = states.get(job, "")
+        if state in ALIVE:
+            if not current:
+                raise PipelineError(f"{prefix}: its SLURM job {job} is {state} but was made from "
+                                    f"other inputs than the run file's now; cancel it (scancel "
+                                    f"{job}) or let it end, then run again")
+            if executor.name == "local":
+                raise PipelineError(f"{prefix}: its SLURM job {job} is {state}; wait for it or "
+                                    f"cancel it (scancel {job}): two runs of one stage would "
+                                    "write one folder")
+            print(f"{prefix}: {state.lower()} as SLURM job {job}, left to it", flush=True)
+            live[stage.key] = job
+            continue
         if stage.is_complete() and current:
             print(f"{prefix}: complete, skipped", flush=True)
             continue
@@ -414,17 +515,145 @@ def run_pipeline(spec, echo=_echo_progress, keep_stale=False):
             moved = stage.set_aside()
             print(f"{prefix}: its inputs changed since its outputs were made; moved them to "
                   f"{', '.join(map(str, moved))}", flush=True)
-        print(f"{prefix} ...", flush=True)
-        t = time.time()
-        stage.write_record(hashes[stage.key])
-        stage.run(echo)
-        stage.write_record(hashes[stage.key], seconds=time.time() - t)
-        print(f"{prefix}: done in {time.time() - t:.0f} s", flush=True)
-    print(f"[pipeline {len(stages) + 1}/{len(stages) + 1}] report", flush=True)
-    report = write_report(spec, stale, [(stage.label, stage.record, stage.folder)
-                                        for stage in stages])
-    print(f"[pipeline] finished in {time.time() - start:.0f} s; report: {report}", flush=True)
-    return report
+        todo.append((prefix, stage))
+    return todo, stale, live
+
+
+def run_pipeline(spec, echo=_echo_progress, keep_stale=False, executor_name=None, wait=False):
+    """Check every input (the pre-flight, the cluster's too under SLURM), then run the stages
+    that are not complete and write the report (local; returns its path), or submit them as
+    SLURM jobs and return (with `wait`, once they have ended).
+
+    A complete stage whose inputs have changed since (another config, override or upstream
+    result) is stale: its outputs are moved aside and it runs again; with `keep_stale` it is
+    skipped and reported as stale."""
+    executor = build_executor(executor_name or spec.launch.executor, spec.launch,
+                              spec.layout.root)
+    refuse_if_busy(str(spec.layout.root), key="output_dir")  # before minutes of pre-flight
+    stages = build_stages(spec)
+    summary = preflight(spec, stages, executor.problems(stages))
+    print(f"[pipeline] pre-flight: {summary}", flush=True)
+    # held until this process ends: a second pipeline here would move this one's live
+    # outputs aside and resume from its checkpoints
+    claim_output_dir(str(spec.layout.root), key="output_dir")
+    spec.layout.run_file.write_text(spec.source)
+    hashes = fingerprints(stages)
+    start = time.time()
+    todo, stale, live = plan(stages, hashes, keep_stale, executor)
+    if executor.name == "local":
+        executor.run(todo, hashes, echo)
+        print(f"[pipeline {len(stages) + 1}/{len(stages) + 1}] report", flush=True)
+        report = write_report(spec, stale, _records(stages))
+        print(f"[pipeline] finished in {time.time() - start:.0f} s; report: {report}", flush=True)
+        return report
+    jobs = submit(spec, executor, todo, hashes, live)
+    print(f"[pipeline] submitted {len(jobs)} SLURM job(s) in {time.time() - start:.1f} s"
+          + (f", {len(live)} already queued or running" if live else "") + "; follow them with "
+          f"--status or --wait; the report: {spec.layout.report(spec.report_name)}", flush=True)
+    if wait:
+        report_job = ReportStage(spec).recorded_job()
+        follow_jobs(spec, stages, {("report",): report_job, **live, **jobs})
+    return spec.layout.report(spec.report_name)
+
+
+def submit(spec, executor, todo, hashes, live) -> dict:
+    """Submit each stage of `todo` with `afterok` on the jobs of the stages it reads (those
+    submitted now, or queued or running from before), then the report after all of them;
+    returns {stage key: job id}, the report's under ("report",)."""
+    jobs = {}
+    for prefix, stage in todo:
+        waits_for = [jobs.get(key) or live.get(key) for key in stage.requires]
+        command = stage.task_command()
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        job = executor.submit(stage, command, [j for j in waits_for if j])
+        stage.write_record(hashes[stage.key], job=job, command=command)
+        jobs[stage.key] = job
+        after = f" after {', '.join(j for j in waits_for if j)}" if any(waits_for) else ""
+        print(f"{prefix}: SLURM job {job}{after}", flush=True)
+    report = ReportStage(spec)
+    previous = report.recorded_job()
+    previous_alive = job_states([previous]).get(previous) in ALIVE
+    if not jobs and (previous_alive or (not live and spec.layout.report(spec.report_name)
+                                        .is_file())):
+        return jobs  # nothing new: the report job queued before, or the report, stands
+    if previous_alive:
+        subprocess.run(["scancel", previous], capture_output=True)  # superseded by this one
+    every = sorted({*jobs.values(), *live.values()}, key=int)
+    job = executor.submit(report, report.command(), every)
+    report.write_record(job)
+    jobs[report.key] = job
+    print(f"[pipeline] report: SLURM job {job}"
+          + (f" after {len(every)} job(s)" if every else ""), flush=True)
+    return jobs
+
+
+def stage_status(stage, hashes, states) -> str:
+    """One stage's state as --status prints it."""
+    job = stage.recorded_job()
+    state = states.get(job, "")
+    if stage.is_complete():
+        return "complete" if stage.recorded_hash() in (None, hashes[stage.key]) else (
+            "STALE (complete, made from other inputs)")
+    if state in ALIVE:
+        return {"PENDING": "queued", "RUNNING": "running"}.get(state, state.lower()) + \
+            f" (job {job})"
+    if job:
+        log = stage.log_path
+        last = log_tail(log, 1).strip() if log.is_file() else "(no log)"
+        why = f"{state.lower()}, " if state else ""
+        return f"FAILED ({why}job {job}): log {log}: {last[:200]}"
+    return "interrupted (outputs, no finished run)" if stage.has_outputs() else "not started"
+
+
+def print_status(spec) -> bool:
+    """Every stage with its state; True when every stage and the report are complete."""
+    stages = build_stages(spec)
+    hashes = fingerprints(stages)
+    report = ReportStage(spec)
+    states = job_states([s.recorded_job() for s in stages] + [report.recorded_job()])
+    done = True
+    for stage in stages:
+        line = stage_status(stage, hashes, states)
+        done &= line == "complete"
+        print(f"  {stage.label}: {line}")
+    path = spec.layout.report(spec.report_name)
+    job = report.recorded_job()
+    if path.is_file() and states.get(job, "") not in ALIVE:
+        print(f"  report: written, {path}")
+    elif states.get(job, "") in ALIVE:
+        done = False
+        print(f"  report: {states[job].lower()} (job {job})")
+    else:
+        done = False
+        print("  report: not written")
+    return done
+
+
+def follow_jobs(spec, stages, jobs, poll_s: float = 2.0):
+    """Print each job's changes of state until none is queued or running; a PipelineError
+    naming the stages that did not complete."""
+    by_key = {stage.key: stage.label for stage in stages}
+    labels = {job: by_key.get(key, "report") for key, job in jobs.items()}
+    seen = {}
+    while True:
+        states = job_states(jobs.values())
+        for job, label in labels.items():
+            state = states.get(job, "ENDED")
+            if job and seen.get(job) != state:
+                seen[job] = state
+                print(f"[pipeline] {label} (job {job}): {state.lower()}", flush=True)
+        if not any(states.get(job) in ALIVE for job in jobs.values()):
+            break
+        time.sleep(poll_s)
+    hashes = fingerprints(stages)
+    failed = [f"{s.label}: {stage_status(s, hashes, states)}" for s in stages
+              if s.key in jobs and not s.is_complete()]
+    if failed:
+        raise PipelineError("these stages did not complete:\n" + "\n".join(
+            f"  - {line}" for line in failed) + "\nFix the cause and submit again: only "
+            "they and what depends on them are submitted.")
+    print(f"[pipeline] every job ended; report: {spec.layout.report(spec.report_name)}",
+          flush=True)
 
 
 @one_line_errors
@@ -440,12 +669,30 @@ def main(argv=None, description=__doc__):
                              "stale instead")
     parser.add_argument("--check", action="store_true",
                         help="only the pre-flight: check every input the run needs, start nothing")
+    parser.add_argument("--executor", choices=("local", "slurm"),
+                        help="where the stages run (default: the run file's launch.executor, "
+                             "else local); docs/cluster.md")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm: follow the jobs until they have ended")
+    parser.add_argument("--status", action="store_true",
+                        help="print every stage's state (complete, queued, running, failed with "
+                             "its log, stale); submit nothing")
+    parser.add_argument("--report-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     spec = load_spec(args.run_file, args.output_dir)
-    if args.check:
-        print(f"[pipeline] pre-flight: {preflight(spec, build_stages(spec))}")
+    if args.status:
+        return 0 if print_status(spec) else 1
+    if args.report_only:  # the report job of a SLURM run
+        stages = build_stages(spec)
+        write_report(spec, stale_stages(stages, fingerprints(stages)), _records(stages))
         return 0
-    run_pipeline(spec, keep_stale=args.keep_stale)
+    if args.check:
+        executor = build_executor(args.executor or spec.launch.executor, spec.launch,
+                                  spec.layout.root)
+        stages = build_stages(spec)
+        print(f"[pipeline] pre-flight: {preflight(spec, stages, executor.problems(stages))}")
+        return 0
+    run_pipeline(spec, keep_stale=args.keep_stale, executor_name=args.executor, wait=args.wait)
     return 0
 
 

@@ -170,9 +170,9 @@ def _metric_problems(task, cfg) -> list:
     return problems
 
 
-def preflight(spec, stages) -> str:
+def preflight(spec, stages, cluster=()) -> str:
     """Check every input of `stages`; returns a one-line summary, or raises PreflightError
-    listing every problem found."""
+    listing every problem found (`cluster`: the executor's, transfer/executors.py)."""
     found, folders, disk = [], {}, 0.0  # found: (stage label, problem)
     archs = {}  # backbone (replicate) name -> its ResNet, where known
     checked_tasks = set()
@@ -227,7 +227,7 @@ def preflight(spec, stages) -> str:
         except UserError as e:  # a bad config file or override
             problems.append(str(e))
         found += [(stage.label, p) for p in problems if p]
-    problems = _grouped(found)
+    problems = _grouped(found) + list(cluster)
     root = spec.layout.root
     if output_dir_problem(root):
         problems.append(output_dir_problem(root))

@@ -141,10 +141,77 @@ class Datasets(Entry):
         return [n.strip() for n in names if n.strip()]
 
 
-class Launch(Entry):
-    """Where and how wide the stages run."""
+_WALLTIME = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d\d)")  # [D-][HH:]MM:SS
 
-    num_gpus: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # > 1: torchrun, --num-gpus
+
+def walltime_minutes(value: str) -> int:
+    """Minutes of a SLURM time limit: "MM", "MM:SS", "HH:MM:SS", "D-HH:MM:SS", "D-HH"."""
+    value = value.strip()
+    if re.fullmatch(r"\d+", value):
+        return int(value)
+    days_hours = re.fullmatch(r"(\d+)-(\d+)", value)
+    if days_hours:
+        return (int(days_hours.group(1)) * 24 + int(days_hours.group(2))) * 60
+    match = _WALLTIME.fullmatch(value)
+    if not match:
+        raise ValueError(f"not a SLURM time limit: {value!r} (write MINUTES, HH:MM:SS or "
+                         "D-HH:MM:SS)")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    if match.group(2) is None:  # MM:SS
+        hours, minutes, seconds = 0, int(match.group(3)), int(match.group(4))
+    return max(1, ((days * 24 + hours) * 60 + minutes) + (seconds > 0))
+
+
+def _walltime(value: str) -> str:
+    minutes = walltime_minutes(value)
+    if minutes < 1:
+        raise ValueError("a time limit of at least one minute")
+    return value
+
+
+Walltime = Annotated[StrictStr, AfterValidator(_walltime)]
+
+
+class Resources(Entry):
+    """What one stage's SLURM job asks for (transfer/executors.py)."""
+
+    nodes: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
+    gpus_per_node: Annotated[StrictInt, Field(ge=0, le=64)] = 0
+    # pretraining: processes per node, one per GPU by default (DDP from SLURM's environment);
+    # stage two always runs one task per node, detectron2 starting a process per GPU
+    tasks_per_node: Optional[Annotated[StrictInt, Field(ge=1, le=256)]] = None
+    cpus_per_task: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
+    mem_gb: Optional[Annotated[Union[StrictInt, StrictFloat], Field(gt=0)]] = None
+    time: Walltime = "4:00:00"
+
+
+#: The stage kinds a `launch:` block gives resources to
+STAGE_KINDS = ("pretrain", "convert", "probe", "finetune", "evaluate", "report")
+
+
+class Launch(Entry):
+    """Where and how wide the stages run: `local` (this machine, one stage after another) or
+    `slurm` (every stage a job, transfer/executors.py; docs/cluster.md)."""
+
+    executor: Literal["local", "slurm"] = "local"
+    num_gpus: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # local: > 1 torchrun, --num-gpus
+    partition: StrictStr = ""  # "" : the cluster's default partition
+    account: StrictStr = ""
+    qos: StrictStr = ""
+    setup: list[StrictStr] = []  # shell lines run before each job (module load, activate)
+    # further sbatch options, e.g. {constraint: a100, exclusive: true}; true: a flag
+    sbatch: dict[StrictStr, Union[StrictStr, StrictInt, StrictBool]] = {}
+    signal_delay_s: Annotated[StrictInt, Field(ge=10, le=3600)] = 120  # warning before the limit
+    max_requeues: Annotated[StrictInt, Field(ge=0, le=100)] = 3  # after time limits, per job
+    pretrain: Resources = Resources(time="48:00:00")
+    convert: Resources = Resources(time="0:30:00")
+    probe: Resources = Resources(time="12:00:00")
+    finetune: Resources = Resources(time="24:00:00")
+    evaluate: Resources = Resources(time="4:00:00")
+    report: Resources = Resources(time="0:30:00")
+
+    def resources(self, kind: str) -> Resources:
+        return getattr(self, kind)
 
 
 class Report(Entry):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .layout import RANDOM, RunLayout
-from .run_file import PipelineError, RunFileError, read_run_file
+from .run_file import Launch, PipelineError, RunFileError, read_run_file
 
 __all__ = ["PipelineError", "load_spec", "replicate_name"]
 
@@ -97,6 +97,7 @@ class PipelineSpec:
     external: dict = field(default_factory=dict)  # name -> ExternalBackbone
     run_file: str = ""
     report_name: str = "report"  # REPORT.md, REPORT.html: run files sharing a folder differ
+    launch: Launch = field(default_factory=Launch)  # where the stages run (transfer/executors.py)
 
     def pretrain_run(self, name: str):
         return next((r for r in self.pretrain if r.name == name), None)
@@ -154,4 +155,4 @@ def load_spec(path: str, output_dir: str = None) -> PipelineSpec:
     out = Path(output_dir or raw.output_dir)
     return PipelineSpec(RunLayout(out), pretrain, transfer, args, probe, raw.report.predictions,
                         run_file.read_text(), raw.launch.num_gpus, external, str(run_file),
-                        raw.report.name)
+                        raw.report.name, raw.launch)

@@ -1,5 +1,6 @@
 """Build everything a pretraining run needs from a config, and run it (pretrain/cli.py)."""
 
+import json
 import logging
 import os
 
@@ -22,7 +23,7 @@ from ..data.device_augment import DeviceAugment
 from ..methods import build_method
 from .checkpoint import AtomicCheckpointer, RunState
 from .hooks import KNNMonitor, ProgressBar
-from .optim import build_optimizer
+from .optim import build_optimizer, scaled_lr
 from .trainer import PretrainTrainer
 
 logger = logging.getLogger("pretrain")
@@ -43,6 +44,8 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     for name, abbrev in (("pretrain", "pretrain"), ("detectron2", "d2"), ("fvcore", "fvcore")):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=abbrev)
     logger.info(f"rank {rank}/{world} on {device}; config:\n{cfg.dump()}")
+    if rank == 0:
+        say_scale(cfg, world)
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
     method = build_method(cfg)
@@ -97,6 +100,31 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         ProgressBar(cfg.SOLVER.BATCH_SIZE),
     ])
     return trainer
+
+
+def say_scale(cfg, world: int) -> dict:
+    """What the global batch and the learning rate become on `world` processes, said and saved
+    in OUTPUT_DIR/scale.json: SOLVER.BATCH_SIZE is the global batch (each process takes its
+    share), the learning rate follows the global batch only, so more nodes or GPUs change the
+    per-process batch and, without SyncBN, what batch norm sees."""
+    s = cfg.SOLVER
+    per_process = s.BATCH_SIZE // world
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("GROUP_WORLD_SIZE", "1")))
+    synced = world > 1 and cfg.MODEL.SYNC_BN
+    scale = {"world_size": world, "nodes": nodes, "batch": s.BATCH_SIZE,
+             "batch_per_process": per_process, "lr": scaled_lr(cfg),
+             "lr_rule": f"SOLVER.BASE_LR {s.BASE_LR:g}" + ("" if s.LR_SCALING == "none" else
+                        f" x {'sqrt of ' if s.LR_SCALING == 'sqrt' else ''}(BATCH_SIZE "
+                        f"{s.BATCH_SIZE} / REFERENCE_BATCH_SIZE {s.REFERENCE_BATCH_SIZE})"),
+             "batch_norm_images": s.BATCH_SIZE if synced else per_process}
+    logger.info(f"batch {s.BATCH_SIZE} over {world} process(es) on {nodes} node(s): "
+                f"{per_process} per process; lr {scale['lr']:g} ({scale['lr_rule']}); batch norm "
+                f"sees {scale['batch_norm_images']} images of a view per step"
+                + ("" if synced or world == 1 else " (MODEL.SYNC_BN False)"))
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(os.path.join(cfg.OUTPUT_DIR, "scale.json"), "w") as f:
+        json.dump(scale, f, indent=1)
+    return scale
 
 
 def run_pretraining(cfg, resume: bool = False) -> PretrainTrainer:
