@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to the repository and to the real data sets in ../shared/data."""
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -40,3 +41,34 @@ def read_only_dir(tmp_path):
         pytest.skip("cannot mount a read-only tmpfs here (needs root)")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory):
+    """The tiny pipeline (tests/tiny_pipeline.py) run once on this machine: (its folder, the
+    run file, its stdout, its final metrics as they were right after the run). Shared by the
+    end-to-end test, which goes on to change the folder, and the SLURM test, which compares."""
+    from tiny_pipeline import final_metrics, run_pipeline, tiny_spec, write_run_file
+
+    folder = tmp_path_factory.mktemp("tiny_local")
+    out = folder / "run"
+    run_file = write_run_file(folder / "run.yaml", tiny_spec(folder, out))
+    stdout = run_pipeline(run_file)
+    return out, run_file, stdout, final_metrics(out)
+
+
+def slurm_answers() -> bool:
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0 \
+        if shutil.which("sinfo") else False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A SLURM cluster answering here; skipped with the command that starts the one-node test
+    cluster where none does, a failure in CI (.ci/run starts it)."""
+    if not slurm_answers():
+        message = ("no SLURM cluster answers (sinfo): start the one-node test cluster with "
+                   "`sudo bash tools/slurm/local_cluster.sh start`")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

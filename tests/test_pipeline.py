@@ -10,79 +10,21 @@ import pytest
 import yaml
 
 from conftest import REPO
-
-DATA = REPO / "datasets" / "raccoon_small"
-
-
-def _mini_voc(root):
-    """The shipped data with a smaller split (8 train / 4 test images), for speed."""
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for sub in ("Annotations", "JPEGImages"):
-        (root / sub).symlink_to(DATA / sub)
-    for split, n in (("train", 8), ("test", 4)):
-        ids = (DATA / f"ImageSets/Main/{split}.txt").read_text().split()[:n]
-        (root / f"ImageSets/Main/{split}.txt").write_text("\n".join(ids) + "\n")
-    return root
-
-
-def _run(run_file, *flags):
-    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
-                             *flags], capture_output=True, text=True, timeout=1200, cwd=REPO)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result.stdout
-
-
-def _torchvision_r50(path):
-    """A torchvision-layout ResNet-50 state dict, as a user's supervised weights would be."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet50().state_dict(), path)
-    return path
+from tiny_pipeline import DATA
+from tiny_pipeline import run_pipeline as _run
 
 
 @pytest.mark.slow
-def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(tmp_path):
+def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(tiny_local_run):
     """Pretraining and a torchvision checkpoint file as a second backbone, each fine-tuned with
-    two seeds: the report's mean ± std are those of the per-seed final_metrics.json, the
-    published number sits beside them, every section is there; a killed seed resumes while
-    every finished stage is skipped, changed inputs make stages stale. (The random backbone
-    runs in the demo and the other pipeline tests.)"""
+    two seeds (tests/tiny_pipeline.py): the report's mean ± std are those of the per-seed
+    final_metrics.json, the published number sits beside them, every section is there; a
+    killed seed resumes while every finished stage is skipped, changed inputs make stages
+    stale. (The random backbone runs in the demo and the other pipeline tests.)"""
     import statistics
 
-    voc = _mini_voc(tmp_path / "voc")
-    out = tmp_path / "run"
-    tiny = REPO / "datasets" / "cifar10_tiny"
-    quick_pretrain = ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT", str(tiny / "test"),
-                      "KNN.TRAIN_ROOT", str(tiny / "train"), "SOLVER.MAX_ITER", "2",
-                      "SOLVER.BATCH_SIZE", "8", "SOLVER.CHECKPOINT_PERIOD", "1", "LOG_PERIOD", "1",
-                      "DATA.NUM_WORKERS", "0"]
-    spec = {
-        "output_dir": str(out),
-        "datasets": {"register_voc": [["mini_train", str(voc), "train"],
-                                      ["mini_test", str(voc), "test"]],
-                     "voc_classes": "raccoon"},
-        "pretrain": [{"name": "simclr", "config": "configs/demo/simclr_r50_small.yaml",
-                      "overrides": quick_pretrain}],
-        "backbones": [{"name": "supervised", "weights": str(_torchvision_r50(tmp_path / "r50.pth")),
-                       "label": "torchvision layout", "source": "a file on disk"}],
-        "repeats": 2,
-        "transfer": [{"name": "det", "config": "configs/demo/voc_raccoon_faster_rcnn.yaml",
-                      "overrides": ["DATASETS.TRAIN", '("mini_train",)',
-                                    "DATASETS.TEST", '("mini_test",)', "SOLVER.MAX_ITER", "2",
-                                    "SOLVER.CHECKPOINT_PERIOD", "1",
-                                    "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"],
-                      "backbones": ["simclr", "supervised"], "baseline": "supervised",
-                      "metric": "bbox/AP50",
-                      "reference": [{"label": "supervised R50, VOC07+12", "metric": "bbox/AP50",
-                                     "value": 81.3, "source": "MoCo, He et al. 2020"}]}],
-        "report": {"predictions": 2},
-    }
-    run_file = tmp_path / "run.yaml"
-    run_file.write_text(yaml.safe_dump(spec))
-
-    first = _run(run_file)
+    out, run_file, first, _ = tiny_local_run
+    spec = yaml.safe_load(run_file.read_text())
     assert "pre-flight: 11 stages, every input found" in first
     report = (out / "report.md").read_text()
     for section in ("## Results", "## What ran", "## Pretraining", "## Fine-tuning",
@@ -106,7 +48,6 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(tm
     assert "noise" in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 + 4  # 3 curves + chart, 4 predictions
-
     # Interrupt the fine-tuning of seed 1 from simclr after its first iteration (what a kill
     # right after that checkpoint leaves) and lose its evaluation: exactly those stages run.
     seed = out / "finetune/det/simclr-seed1"
