@@ -70,6 +70,15 @@ _C.INPUT.AUGMENT_ON_DEVICE = None
 # torchvision.io.decode_jpeg); the workers only read files and draw crops. Ours; measured by
 # tools/device/run.sh. pretrain/data/device_decode.py.
 _C.INPUT.DECODE_ON_DEVICE = False
+# A third view of patches for a jigsaw branch (InfoMin's PIRL-style branch; MoCo-style methods,
+# METHOD.MOCO.JIGSAW_BETA): a random resized crop of SIZE px and SCALE, flipped, cut into a
+# GRID x GRID grid of cells with a PATCH px patch at a random place in each (PyContrast's values)
+_C.INPUT.JIGSAW = CN()
+_C.INPUT.JIGSAW.ENABLED = False
+_C.INPUT.JIGSAW.SIZE = 255
+_C.INPUT.JIGSAW.SCALE = (0.6, 1.0)
+_C.INPUT.JIGSAW.GRID = 3
+_C.INPUT.JIGSAW.PATCH = 64
 _C.INPUT.MEAN = (0.485, 0.456, 0.406)  # torchvision's; the detectron2 configs use the same
 _C.INPUT.STD = (0.229, 0.224, 0.225)
 # The frozen-encoder evaluation (kNN monitor, linear probe): image side and normalisation, when
@@ -83,8 +92,15 @@ _C.MODEL = CN()
 _C.MODEL.ARCH = "resnet50"  # "resnet18" or "resnet50" (torchvision)
 _C.MODEL.CIFAR_STEM = False  # 3x3 first conv, no max-pool (for 32-64 px images)
 _C.MODEL.STEM_STRIDE = 1  # that conv's stride: 1 (CIFAR), 2 (InfoCL's STL-10 at 64 px)
+# The encoder's initial weights: "torchvision" (its ResNet's: Kaiming-normal convolutions, BN 1 and
+# 0; ours) or "pytorch" (every layer's own default, as InfoCL's ResNets, which set none)
+_C.MODEL.INIT = "torchvision"
 _C.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cpu"
 _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
+# > 0: under DDP the encoder's (and heads') BN normalises each view over this many images, in
+# groups of BN_GROUP_IMAGES / (batch per process) consecutive ranks, whatever SYNC_BN says
+# (InfoCL's ImageNet: 256, its 4-GPU DataParallel's share of 1024). 0: SYNC_BN decides.
+_C.MODEL.BN_GROUP_IMAGES = 0
 _C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
 _C.MODEL.COMPILE = False  # torch.compile the model
 
@@ -110,6 +126,9 @@ _C.SOLVER.REFERENCE_BATCH_SIZE = 256
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.WEIGHT_DECAY = 1e-6
 _C.SOLVER.LARS_ETA = 0.001  # LARS trust coefficient
+# The trust ratio of a parameter whose norm is zero (BN shifts start at 0): 1.0 (ours: it learns
+# at the plain rate) or 0.0 (InfoCL's LARS: such a parameter never moves)
+_C.SOLVER.LARS_ZERO_NORM_TRUST = 1.0
 # Fused optimiser steps: torch's single-kernel SGD/Adam/AdamW, multi-tensor LARS (same update)
 _C.SOLVER.FUSED = True
 # Biases and norm-layer parameters: no weight decay and no LARS adaptation (SimCLR/BYOL recipe)
@@ -119,6 +138,8 @@ _C.SOLVER.WARMUP_EPOCHS = 10.0
 # InfoCL's LARS runs), "constant" (InfoCL's Adam runs)
 _C.SOLVER.LR_SCHEDULE = "cosine"
 _C.SOLVER.FINAL_LR_FRACTION = 0.0  # cosine decays to BASE_LR * this
+# cosine_per_epoch counts epochs from this: 0 (torch, MoCo, InfoCL), 1 (PyContrast's InfoMin)
+_C.SOLVER.LR_EPOCH_OFFSET = 0
 # LARS's momentum: "torch" (v = m v + d; w -= lr v) or "classic" (v = m v + lr d; w -= v: SimCLR's
 # TensorFlow LARS, InfoCL's copy of it); they differ only while the learning rate changes
 _C.SOLVER.LARS_MOMENTUM = "torch"
@@ -151,11 +172,17 @@ _C.KNN.TEMPERATURE = 0.1
 _C.KNN.MAX_TRAIN_IMAGES = 50000  # memory bank: at most this many training images (0: all)
 _C.KNN.BATCH_SIZE = 256
 
+# The frozen-encoder linear probe's protocol (pretrain/eval/linear.py): "ours", "infocl"
+# (InfoCL's CIFAR/STL eval_lr.py), "infocl_imagenet" (its eval_lr_imagenet.py: trained on
+# augmented images); `python -m pretrain.eval` uses it unless --protocol says otherwise
+_C.PROBE = CN()
+_C.PROBE.PROTOCOL = "ours"
+
 #: Keys that change how a run runs, not what it learns (devices, workers, periods, where its
 #: outputs go, the kNN monitor): the pipeline leaves a finished run alone when only these change.
 #: Entries ending in "." are prefixes.
 RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT_WORKERS",
-                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "KNN.", "DIST.",
+                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "KNN.", "DIST.", "PROBE.",
                 "SOLVER.CHECKPOINT_PERIOD", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
                 "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE")
 #: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data
@@ -166,8 +193,9 @@ RESUMABLE_CHANGES = RUNTIME_KEYS + ("DATA.ROOT", "DATA.VAL_ROOT", "SOLVER.EPOCHS
                                     "INPUT.DECODE_ON_DEVICE", "DATA.DECODE_ONCE")
 
 #: What the frozen-encoder evaluation (pretrain/eval) reads from a run's config.
-PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD",
-              "KNN.K", "KNN.TEMPERATURE")
+PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "MODEL.STEM_STRIDE", "MODEL.INIT",
+              "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD", "INPUT.EVAL_SIZE", "INPUT.EVAL_MEAN",
+              "INPUT.EVAL_STD", "KNN.K", "KNN.TEMPERATURE", "KNN.TRAIN_ROOT")
 
 #: The plug-ins' keys, added to the defaults by get_cfg().
 PLUGIN_CONFIGS = (add_simclr_config, add_mocov2_config, add_byol_config, add_barlow_config,
@@ -226,6 +254,8 @@ def load_config(config_file: str = "", opts=()) -> CN:
 _CHOICES = {
     "MODEL.ARCH": ("resnet18", "resnet50"),
     "MODEL.DEVICE": ("auto", "cuda", "cpu"),
+    "MODEL.INIT": ("torchvision", "pytorch"),
+    "PROBE.PROTOCOL": ("ours", "infocl", "infocl_imagenet"),
     "INPUT.AUGMENTATION": ("simclr", "infomin"),
     "DATA.BAD_IMAGES": ("skip", "error"),
     "SOLVER.OPTIMIZER": ("lars", "sgd", "adam", "adamw"),
@@ -260,6 +290,17 @@ def validate(cfg):
     if cfg.INPUT.AUGMENT_ON_DEVICE not in (None, True, False):
         raise ConfigError(f"INPUT.AUGMENT_ON_DEVICE = {cfg.INPUT.AUGMENT_ON_DEVICE!r} is not "
                           "one of True, False, None (None: on with a CUDA device)")
+    if cfg.INPUT.JIGSAW.ENABLED:
+        j = cfg.INPUT.JIGSAW
+        if cfg.METHOD.NAME != "mocov2":
+            raise ConfigError("INPUT.JIGSAW.ENABLED: the jigsaw branch contrasts with MoCo's "
+                              f"keys and queue: METHOD.NAME mocov2, not {cfg.METHOD.NAME!r}")
+        if cfg.INPUT.AUGMENT_ON_DEVICE or cfg.DATA.DECODE_ONCE:
+            raise ConfigError("INPUT.JIGSAW.ENABLED needs the loader-side views: set "
+                              "INPUT.AUGMENT_ON_DEVICE False and DATA.DECODE_ONCE False")
+        if j.PATCH > j.SIZE // j.GRID:
+            raise ConfigError(f"INPUT.JIGSAW.PATCH {j.PATCH} does not fit the cells of "
+                              f"SIZE {j.SIZE} // GRID {j.GRID} = {j.SIZE // j.GRID} px")
     if cfg.INPUT.DECODE_ON_DEVICE and (cfg.INPUT.AUGMENT_ON_DEVICE is False
                                        or cfg.DATA.DECODE_ONCE):
         raise ConfigError("INPUT.DECODE_ON_DEVICE decodes for INPUT.AUGMENT_ON_DEVICE: it cannot "
@@ -268,6 +309,11 @@ def validate(cfg):
         if get_key(cfg, key) and cfg.INPUT.AUGMENTATION != "simclr":
             raise ConfigError(f"{key} supports INPUT.AUGMENTATION simclr only; got "
                               f"{cfg.INPUT.AUGMENTATION!r}")
+    if cfg.SOLVER.LR_EPOCH_OFFSET not in (0, 1):
+        raise ConfigError(f"SOLVER.LR_EPOCH_OFFSET must be 0 or 1, got {cfg.SOLVER.LR_EPOCH_OFFSET}")
+    if not 0 <= cfg.SOLVER.LARS_ZERO_NORM_TRUST <= 1:
+        raise ConfigError("SOLVER.LARS_ZERO_NORM_TRUST must be between 0 and 1, got "
+                          f"{cfg.SOLVER.LARS_ZERO_NORM_TRUST}")
     if cfg.SOLVER.MAX_NONFINITE_SKIPS < 0:
         raise ConfigError("SOLVER.MAX_NONFINITE_SKIPS must be 0 or more, got "
                           f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")

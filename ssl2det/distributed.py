@@ -127,20 +127,33 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, group):
+        ctx.group = group
         x = x.clone()
-        dist.all_reduce(x)
+        dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
-def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _AllReduceSum.apply(x) if get_world_size() > 1 else x
+def all_reduce_sum_with_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """The sum of `x` over the ranks of `group` (default: all), with its gradient."""
+    return _AllReduceSum.apply(x, group) if get_world_size() > 1 else x
+
+
+def rank_groups(size: int):
+    """Process groups of `size` consecutive ranks (every rank creates every group, as torch
+    requires); returns this rank's."""
+    mine = None
+    for first in range(0, get_world_size(), size):
+        group = dist.new_group(list(range(first, first + size)))
+        if first <= get_rank() < first + size:
+            mine = group
+    return mine
 
 
 def any_rank(flag: bool) -> bool:
@@ -171,6 +184,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     Assumes the same batch size on every rank (the sampler guarantees it).
     """
 
+    process_group = None  # the ranks whose batches are normalised together (None: all)
+
     def _check_input_dim(self, x):
         if x.dim() not in (2, 4):
             raise ValueError(f"GlobalBatchNorm expects 2-D or 4-D input, got {x.dim()}-D")
@@ -181,11 +196,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         dims = [0] if x.dim() == 2 else [0, 2, 3]
         shape = (1, -1) if x.dim() == 2 else (1, -1, 1, 1)
-        world = get_world_size()
+        world = dist.get_world_size(self.process_group)
         count = x.numel() // x.shape[1] * world
         xf = x.float()
         stats = torch.cat([xf.mean(dims), (xf * xf).mean(dims)])
-        mean, meansq = (all_reduce_sum_with_grad(stats) / world).chunk(2)
+        mean, meansq = (all_reduce_sum_with_grad(stats, self.process_group) / world).chunk(2)
         var = (meansq - mean * mean).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
@@ -200,24 +215,33 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """torch's SyncBatchNorm on CUDA; GlobalBatchNorm elsewhere (same statistics, slower)."""
-    if device_type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _convert(module)
+def convert_sync_batchnorm(module: nn.Module, device_type: str, group=None,
+                           skip=()) -> nn.Module:
+    """Every BatchNorm of `module` (but those in the subtrees `skip`) normalising over the
+    batches of the ranks of `group` (None: all ranks): torch's SyncBatchNorm on CUDA,
+    GlobalBatchNorm elsewhere (the same statistics, slower)."""
+    skip = {id(m) for m in skip}
 
+    def convert(m):
+        if id(m) in skip:
+            return m
+        out = m
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                m, (GlobalBatchNorm, nn.SyncBatchNorm)):
+            if device_type == "cuda":
+                out = nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
+                                       m.track_running_stats, process_group=group)
+            else:
+                out = GlobalBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
+                                      m.track_running_stats)
+                out.process_group = group
+            if m.affine:
+                out.weight, out.bias = m.weight, m.bias
+            if m.track_running_stats:
+                out.running_mean, out.running_var = m.running_mean, m.running_var
+                out.num_batches_tracked = m.num_batches_tracked
+        for name, child in m.named_children():
+            out.add_module(name, convert(child))
+        return out
 
-def _convert(module):
-    out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
-            module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
-        if module.affine:
-            out.weight, out.bias = module.weight, module.bias
-        if module.track_running_stats:
-            out.running_mean, out.running_var = module.running_mean, module.running_var
-            out.num_batches_tracked = module.num_batches_tracked
-    for name, child in module.named_children():
-        out.add_module(name, _convert(child))
-    return out
+    return convert(module)

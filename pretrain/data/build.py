@@ -20,12 +20,14 @@ logger = logging.getLogger("pretrain")
 
 def augment_on_device(cfg, device) -> bool:
     """INPUT.AUGMENT_ON_DEVICE, where None (the default) means: on a CUDA device, for the
-    recipes the device path has (simclr), because loader cores cannot feed a GPU otherwise;
+    recipes the device path has (simclr, without a jigsaw view), because loader cores cannot
+    feed a GPU otherwise;
     elsewhere the loader-side recipe. The choice is logged."""
     chosen = cfg.INPUT.AUGMENT_ON_DEVICE
     if chosen is not None:
         return chosen
-    chosen = device.type == "cuda" and cfg.INPUT.AUGMENTATION == "simclr"
+    chosen = (device.type == "cuda" and cfg.INPUT.AUGMENTATION == "simclr"
+              and not cfg.INPUT.JIGSAW.ENABLED)
     where = (f"augmenting batches on {device}: loader workers decode, crop and flip"
              if chosen else "augmenting in the loader workers")
     logger.info(f"INPUT.AUGMENT_ON_DEVICE is not set: {where} (set it to True or False to "

@@ -287,6 +287,35 @@ class View:
         return torch.addcmul(offset, torch.from_numpy(pixels).permute(2, 0, 1), scale)
 
 
+class JigsawView(View):
+    """PyContrast's jigsaw input (datasets/util.py:25-47, :325-334): a random resized crop to
+    `size` (255) of scale `scale` (0.6, 1), a flip, then a `grid` x `grid` (3 x 3) grid of cells
+    of size // grid (85) px, from each of which a `patch` (64) px patch is cut at a random
+    offset (0 .. cell - patch, per axis and patch); the patches in row-major order, each
+    normalised: a (grid * grid, 3, patch, patch) float tensor."""
+
+    def __init__(self, size, scale, grid, patch, normalize):
+        super().__init__(size, scale, [Flip()], normalize)
+        self.grid, self.patch = grid, patch
+        self.cell = size // grid
+        if patch > self.cell:
+            raise ValueError(f"a jigsaw patch of {patch} px does not fit a cell of {self.cell}")
+
+    def cells(self, rng) -> list:
+        """(top, left) of each patch, row-major."""
+        side = self.cell - self.patch
+        return [(row * self.cell + rng.randint(0, side), col * self.cell + rng.randint(0, side))
+                for row in range(self.grid) for col in range(self.grid)]
+
+    def __call__(self, pixels, box, rng) -> torch.Tensor:
+        pixels = Flip()(resized_crop(pixels, box, self.size), rng)
+        offset, scale = self.normalize
+        chw = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        return torch.stack([torch.addcmul(offset, chw[:, top:top + self.patch,
+                                                     left:left + self.patch], scale)
+                            for top, left in self.cells(rng)])
+
+
 class CropFlipView(View):
     """The loader's share when the device augments: crop and flip, as a uint8 (3, size, size)
     tensor (4x less to copy to the device than floats)."""
@@ -357,10 +386,15 @@ RECIPES = {"simclr": simclr_steps, "infomin": infomin_steps}
 
 def build_views(cfg, augment_on_device: bool, num_views: int = 2) -> Views:
     """The loader's views: the whole recipe, normalised; or, when the device augments, only the
-    crop and flip, as uint8 (4x less to copy to the device)."""
+    crop and flip, as uint8 (4x less to copy to the device). With INPUT.JIGSAW.ENABLED a
+    jigsaw view of patches comes last (InfoMin's PIRL branch, pretrain/methods/mocov2.py)."""
     i = cfg.INPUT
     if augment_on_device:
         return Views([CropFlipView(i.SIZE, i.CROP_SCALE) for _ in range(num_views)])
     steps = RECIPES[i.AUGMENTATION]
-    return Views([View(i.SIZE, i.CROP_SCALE, steps(cfg, view), (i.MEAN, i.STD))
-                  for view in range(num_views)])
+    views = [View(i.SIZE, i.CROP_SCALE, steps(cfg, view), (i.MEAN, i.STD))
+             for view in range(num_views)]
+    j = i.JIGSAW
+    if j.ENABLED:
+        views.append(JigsawView(j.SIZE, j.SCALE, j.GRID, j.PATCH, (i.MEAN, i.STD)))
+    return Views(views)

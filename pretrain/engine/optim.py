@@ -10,17 +10,28 @@ class LARS(torch.optim.Optimizer):
 
     Each parameter's update is scaled by eta * ||w|| / ||g + wd * w||. Parameter groups with
     `lars_exclude=True` (biases and norm layers, in the SimCLR/BYOL recipes) skip both the
-    scaling and the weight decay. `classic_momentum`: the learning rate enters the velocity
+    scaling and the weight decay. A parameter whose norm is zero (a BN shift at its start)
+    gets the trust ratio `zero_norm_trust`: 1 (ours: it learns at the plain rate), or 0, what
+    eta * 0 / ||g|| gives in InfoCL's LARS (its modules/lars.py:81-85 tests ||w|| >= 0,
+    always true), so such a parameter never moves. `classic_momentum`: the learning rate enters the velocity
     (v = m v + lr d; w -= v), as in SimCLR's TensorFlow LARS and InfoCL's copy of it, instead of
     scaling the velocity (v = m v + d; w -= lr v, torch's convention); the two differ only
     while the learning rate changes.
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, foreach=False,
-                 classic_momentum=False):
+                 classic_momentum=False, zero_norm_trust=1.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       eta=eta, lars_exclude=False))
         self.foreach, self.classic_momentum = foreach, classic_momentum
+        self.zero_norm_trust = zero_norm_trust
+
+    def _trust(self, w_norm, d_norm, eta):
+        """eta ||w|| / ||d||; zero_norm_trust where ||w|| = 0; 1 where ||d|| = 0 (no update)."""
+        ratio = torch.where((w_norm > 0) & (d_norm > 0), eta * w_norm / d_norm,
+                            torch.ones_like(w_norm))
+        return torch.where((w_norm == 0) & (d_norm > 0),
+                           torch.full_like(w_norm, self.zero_norm_trust), ratio)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -37,9 +48,7 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     d = d.add(p, alpha=group["weight_decay"])
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0),
-                                        group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
-                    d = d.mul(trust)
+                    d = d.mul(self._trust(w_norm, d_norm, group["eta"]))
                 if self.classic_momentum:
                     d = d.mul(group["lr"])
                 state = self.state[p]
@@ -62,8 +71,7 @@ class LARS(torch.optim.Optimizer):
             d = torch._foreach_add(d, params, alpha=group["weight_decay"])
             w_norm = torch.stack(torch._foreach_norm(params))
             d_norm = torch.stack(torch._foreach_norm(d))
-            trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
-                                torch.ones_like(w_norm))
+            trust = self._trust(w_norm, d_norm, group["eta"])
             d = torch._foreach_mul(d, list(trust.unbind()))
         if self.classic_momentum:
             d = torch._foreach_mul(d, group["lr"])
@@ -105,7 +113,8 @@ def build_optimizer(cfg, model):
     if s.OPTIMIZER == "lars":
         return LARS(groups, lr=lr, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY,
                     eta=s.LARS_ETA, foreach=s.FUSED,
-                    classic_momentum=s.LARS_MOMENTUM == "classic")
+                    classic_momentum=s.LARS_MOMENTUM == "classic",
+                    zero_norm_trust=s.LARS_ZERO_NORM_TRUST)
     for g in groups:  # only LARS reads this key
         g.pop("lars_exclude", None)
     fused = {"fused": True} if s.FUSED else {}  # one kernel for all parameters (CPU and CUDA)
@@ -117,12 +126,15 @@ def build_optimizer(cfg, model):
 
 
 def lr_at(iteration: int, max_iter: int, base_lr: float, warmup_iters: int,
-          final_fraction: float = 0.0, schedule: str = "cosine", iters_per_epoch: int = 1) -> float:
+          final_fraction: float = 0.0, schedule: str = "cosine", iters_per_epoch: int = 1,
+          epoch_offset: int = 0) -> float:
     """The learning rate of step `iteration`: a linear warm-up from 0 over `warmup_iters`, then
 
     cosine            a half cosine to base_lr * final_fraction, step by step;
     cosine_per_epoch  the same, changed once per epoch (torch's CosineAnnealingLR stepped per
-                      epoch, as InfoCL's LARS runs);
+                      epoch, as InfoCL's LARS runs and MoCo's adjust_learning_rate); with
+                      `epoch_offset` 1 the epochs count from 1 (PyContrast's loop), so the
+                      first epoch already runs at cos(pi / epochs);
     constant          base_lr (InfoCL's Adam runs).
     """
     if iteration < warmup_iters:
@@ -130,7 +142,7 @@ def lr_at(iteration: int, max_iter: int, base_lr: float, warmup_iters: int,
     if schedule == "constant":
         return base_lr
     if schedule == "cosine_per_epoch":
-        iteration, warmup_iters = (iteration // iters_per_epoch * iters_per_epoch,
+        iteration, warmup_iters = ((iteration // iters_per_epoch + epoch_offset) * iters_per_epoch,
                                    warmup_iters // iters_per_epoch * iters_per_epoch)
     progress = (iteration - warmup_iters) / max(1, max_iter - warmup_iters)
     final = base_lr * final_fraction

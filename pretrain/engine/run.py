@@ -11,7 +11,7 @@ from detectron2.utils.logger import setup_logger
 
 from ssl2det.device import resolve_device
 from ssl2det.distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
-                                 is_main_process, ranks_from_environment)
+                                 is_main_process, rank_groups, ranks_from_environment)
 from ssl2det.errors import ConfigError
 from ssl2det.images import read_bad_image_list
 from ssl2det.output_dir import claim_output_dir
@@ -49,8 +49,8 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
     method = build_method(cfg)
-    if world > 1 and cfg.MODEL.SYNC_BN:
-        method = convert_sync_batchnorm(method, device.type)
+    if world > 1:
+        method = synchronise_batch_norm(cfg, method, world, device.type)
     memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
     method.to(device, memory_format=memory_format)
     optimizer = build_optimizer(cfg, method)
@@ -102,6 +102,38 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     return trainer
 
 
+def batch_norm_ranks(cfg, world: int) -> int:
+    """How many consecutive ranks' batches the encoder's BN normalises together: 1 (each its
+    own), `world` (all: SYNC_BN), or MODEL.BN_GROUP_IMAGES' worth."""
+    images = cfg.MODEL.BN_GROUP_IMAGES
+    if not images:
+        return world if cfg.MODEL.SYNC_BN else 1
+    per_process = cfg.SOLVER.BATCH_SIZE // world
+    ranks = max(1, images // per_process)
+    if ranks > world or images % per_process:
+        ranks = min(ranks, world)
+        logger.warning(f"MODEL.BN_GROUP_IMAGES {images}: with {world} processes of {per_process} "
+                       f"images batch norm sees {ranks * per_process} per view instead")
+    if world % ranks:
+        raise ConfigError(f"MODEL.BN_GROUP_IMAGES {images} asks batch-norm groups of {ranks} of "
+                          f"the {world} processes, which do not divide them; use a number of "
+                          f"processes divisible by {ranks}")
+    return ranks
+
+
+def synchronise_batch_norm(cfg, method, world: int, device_type: str):
+    """The encoder's and heads' BN over groups of batch_norm_ranks() ranks; objectives that
+    declare global_batch_norm over all ranks."""
+    ranks = batch_norm_ranks(cfg, world)
+    global_objectives = [o for o in method.objectives if o.global_batch_norm]
+    if ranks > 1:
+        group = None if ranks == world else rank_groups(ranks)
+        method = convert_sync_batchnorm(method, device_type, group, skip=global_objectives)
+    for objective in global_objectives:
+        convert_sync_batchnorm(objective, device_type)  # (in place: the module is kept)
+    return method
+
+
 def say_scale(cfg, world: int) -> dict:
     """What the global batch and the learning rate become on `world` processes, said and saved
     in OUTPUT_DIR/scale.json: SOLVER.BATCH_SIZE is the global batch (each process takes its
@@ -110,17 +142,18 @@ def say_scale(cfg, world: int) -> dict:
     s = cfg.SOLVER
     per_process = s.BATCH_SIZE // world
     nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("GROUP_WORLD_SIZE", "1")))
-    synced = world > 1 and cfg.MODEL.SYNC_BN
+    bn_ranks = batch_norm_ranks(cfg, world) if world > 1 else 1
+    synced = bn_ranks > 1
     scale = {"world_size": world, "nodes": nodes, "batch": s.BATCH_SIZE,
              "batch_per_process": per_process, "lr": scaled_lr(cfg),
              "lr_rule": f"SOLVER.BASE_LR {s.BASE_LR:g}" + ("" if s.LR_SCALING == "none" else
                         f" x {'sqrt of ' if s.LR_SCALING == 'sqrt' else ''}(BATCH_SIZE "
                         f"{s.BATCH_SIZE} / REFERENCE_BATCH_SIZE {s.REFERENCE_BATCH_SIZE})"),
-             "batch_norm_images": s.BATCH_SIZE if synced else per_process}
+             "batch_norm_images": per_process * bn_ranks}
     logger.info(f"batch {s.BATCH_SIZE} over {world} process(es) on {nodes} node(s): "
                 f"{per_process} per process; lr {scale['lr']:g} ({scale['lr_rule']}); batch norm "
                 f"sees {scale['batch_norm_images']} images of a view per step"
-                + ("" if synced or world == 1 else " (MODEL.SYNC_BN False)"))
+                + ("" if synced or world == 1 else " (no BN synchronisation)"))
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with open(os.path.join(cfg.OUTPUT_DIR, "scale.json"), "w") as f:
         json.dump(scale, f, indent=1)

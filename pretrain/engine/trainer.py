@@ -112,7 +112,7 @@ class PretrainTrainer(TrainerBase):
     def run_step(self):
         s = self.cfg.SOLVER
         lr = lr_at(self.iter, self.max_iter, self.base_lr, self.warmup_iters,
-                   s.FINAL_LR_FRACTION, s.LR_SCHEDULE, self.iters_per_epoch)
+                   s.FINAL_LR_FRACTION, s.LR_SCHEDULE, self.iters_per_epoch, s.LR_EPOCH_OFFSET)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_factor", 1.0)
 
@@ -122,7 +122,9 @@ class PretrainTrainer(TrainerBase):
         data_time = time.perf_counter() - start
         if self.device_transform is not None:
             views = [self.device_transform(v, i) for i, v in enumerate(views)]
-        views = [v.contiguous(memory_format=self.memory_format) for v in views]
+        # (a jigsaw view of patches is 5-D: it keeps its layout)
+        views = [v.contiguous(memory_format=self.memory_format) if v.dim() == 4 else v
+                 for v in views]
 
         for backup, buffer in zip(self._buffer_backup, self._buffers):
             backup.copy_(buffer)

@@ -18,12 +18,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssl2det.device import resolve_device
+from ssl2det.distributed import get_rank, init_distributed
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.io import atomic_write
 
 from ..config import load_config
-from ..data import build_eval_loader
+from ..data import build_eval_loader, image_folder
 from .features import extract_features, load_encoder
+from .image_probe import train_probe_on_images
 from .knn import knn_top1
 from .linear import PROTOCOLS, train_linear_probe
 
@@ -47,52 +49,87 @@ def build_parser(description):
 
 
 def _add_linear_arguments(parser):
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ours",
-                        help="ours: standardised features, batch 256, cosine, last epoch; infocl: "
-                             "InfoCL's eval_lr.py (raw features, batch 128, steps at 60/80, best "
-                             "epoch reported beside the last). See pretrain/eval/linear.py")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                        help="default: the config's PROBE.PROTOCOL. ours: standardised features, "
+                             "batch 256, cosine, last epoch; infocl: InfoCL's eval_lr.py (raw "
+                             "features, batch 128, steps at 60/80); infocl_imagenet: its "
+                             "eval_lr_imagenet.py (trained on augmented images, SGD 0.3, cosine "
+                             "per epoch, batch 256). Best epoch reported beside the last. See "
+                             "pretrain/eval/linear.py")
     parser.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD lr (InfoCL: 0.01)")
+    parser.add_argument("--lr", type=float, help="SGD lr (default: the protocol's)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="infocl_imagenet: where its state is kept after every epoch and "
+                             "resumed from (default: the --output file's folder; none for "
+                             "`linear`)")
     parser.add_argument("--batch-size", type=int, help="default: the protocol's")
     parser.add_argument("--weight-decay", type=float, default=0.0)
 
 
-def evaluation_features(args, normalize=True):
-    """(cfg, (train features, labels), (test features, labels)) for the parsed arguments."""
-    config = args.config_file
-    if not config and args.checkpoint:
-        config = os.path.join(os.path.dirname(args.checkpoint), "config.yaml")
-        if not os.path.isfile(config):
-            raise ConfigError(f"no config.yaml beside {args.checkpoint}; pass --config-file")
-    # The run's config names the run's folder as OUTPUT_DIR: an evaluation writes no file index
-    # there unless asked to (DATA.FILE_INDEX True, and DATA.INDEX_DIR for where)
-    cfg = load_config(config, ["DATA.FILE_INDEX", "False", *args.opts])
-    train_root = args.train_root or cfg.DATA.ROOT
-    val_root = args.val_root or cfg.DATA.VAL_ROOT
-    if not (train_root and val_root):
-        raise ConfigError("both a training and a test folder are needed: --train-root/--val-root "
-                          "or DATA.ROOT/DATA.VAL_ROOT")
-    torch.manual_seed(cfg.SEED)
-    device = resolve_device(cfg.MODEL.DEVICE)
-    encoder = load_encoder(cfg, args.checkpoint or "", args.ema).to(device)
-    train = extract_features(encoder, build_eval_loader(cfg, train_root), device,
-                             normalize=normalize)
-    test = extract_features(encoder, build_eval_loader(cfg, val_root), device,
-                            normalize=normalize)
-    return cfg, train, test
+class Evaluation:
+    """What the parsed arguments evaluate: the config, the frozen encoder on its device, the
+    labelled training and test folders."""
+
+    def __init__(self, args):
+        config = args.config_file
+        if not config and args.checkpoint:
+            config = os.path.join(os.path.dirname(args.checkpoint), "config.yaml")
+            if not os.path.isfile(config):
+                raise ConfigError(f"no config.yaml beside {args.checkpoint}; pass --config-file")
+        # The run's config names the run's folder as OUTPUT_DIR: an evaluation writes no file
+        # index there unless asked to (DATA.FILE_INDEX True, and DATA.INDEX_DIR for where)
+        cfg = self.cfg = load_config(config, ["DATA.FILE_INDEX", "False", *args.opts])
+        # the labelled folder: DATA.ROOT may be unlabelled (STL-10's), KNN.TRAIN_ROOT names the
+        # labelled one where it differs
+        self.train_root = args.train_root or cfg.KNN.TRAIN_ROOT or cfg.DATA.ROOT
+        self.val_root = args.val_root or cfg.DATA.VAL_ROOT
+        if not (self.train_root and self.val_root):
+            raise ConfigError("both a training and a test folder are needed: --train-root/"
+                              "--val-root, or KNN.TRAIN_ROOT (or DATA.ROOT) and DATA.VAL_ROOT")
+        classes = image_folder(cfg, self.train_root).classes
+        if len(classes) < 2:
+            raise ConfigError(f"the probe's training folder {self.train_root} has "
+                              f"{len(classes)} class ({', '.join(classes)}): a linear probe "
+                              "needs labelled classes; give --train-root the labelled folder "
+                              "(ROOT/<class>/<image>.jpg), or set KNN.TRAIN_ROOT")
+        self.protocol = getattr(args, "protocol", None) or cfg.PROBE.PROTOCOL
+        device = resolve_device(cfg.MODEL.DEVICE)
+        if PROTOCOLS[self.protocol].on_images:  # several processes split its batches
+            _, _, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S)
+            device = torch.device("cuda", local) if device.type == "cuda" else device
+        torch.manual_seed(cfg.SEED)
+        self.device = device
+        self.encoder = load_encoder(cfg, args.checkpoint or "", args.ema).to(device)
+
+    def features(self, normalize=True):
+        """((train features, labels), (test features, labels)) computed once."""
+        return tuple(extract_features(self.encoder, build_eval_loader(self.cfg, root),
+                                      self.device, normalize=normalize)
+                     for root in (self.train_root, self.val_root))
+
+    def linear_probe(self, args, features=None):
+        """The protocol's probe: on features computed once, or on augmented images."""
+        with tqdm(total=args.epochs, desc="linear probe", unit="epoch") as bar:
+            def progress(epoch, loss):
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            if PROTOCOLS[self.protocol].on_images:
+                output = getattr(args, "output", None)
+                state_dir = args.state_dir or (os.path.dirname(os.path.abspath(output))
+                                               if output else "")
+                return train_probe_on_images(
+                    self.cfg, self.encoder, self.train_root, self.val_root, state_dir,
+                    self.device, args.epochs, args.lr, args.batch_size, progress)
+            train, test = features or self.features(normalize=False)
+            return train_linear_probe(*train, *test, epochs=args.epochs, lr=args.lr,
+                                      weight_decay=args.weight_decay, protocol=self.protocol,
+                                      batch_size=args.batch_size, seed=self.cfg.SEED,
+                                      progress=progress)
 
 
-def _linear_probe(cfg, train, test, args):
-    with tqdm(total=args.epochs, desc="linear probe", unit="epoch") as bar:
-        return train_linear_probe(
-            *train, *test, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-            protocol=args.protocol, batch_size=args.batch_size, seed=cfg.SEED,
-            progress=lambda epoch, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-
-
-def _linear_line(result, args) -> str:
+def _linear_line(result, args, protocol) -> str:
     return (f"linear top-1: {result.last:.2f}% after the last of {args.epochs} epochs, best "
-            f"{result.best:.2f}% at epoch {result.best_epoch} ({args.protocol} protocol)")
+            f"{result.best:.2f}% at epoch {result.best_epoch} ({protocol} protocol)")
 
 
 def _knn(cfg, train, test, args):
@@ -106,8 +143,9 @@ def knn_main(argv=None, description=__doc__):
     parser.add_argument("--k", type=int, help="neighbours (default: KNN.K)")
     parser.add_argument("--temperature", type=float, help="vote temperature (KNN.TEMPERATURE)")
     args = parser.parse_args(argv)
-    cfg, train, test = evaluation_features(args)
-    print(f"kNN top-1: {_knn(cfg, train, test, args):.2f}%  "
+    evaluation = Evaluation(args)
+    train, test = evaluation.features()
+    print(f"kNN top-1: {_knn(evaluation.cfg, train, test, args):.2f}%  "
           f"({args.checkpoint or 'random init'}, {len(train[1])} train, {len(test[1])} test images)")
     return 0
 
@@ -117,9 +155,10 @@ def linear_main(argv=None, description=__doc__):
     parser = build_parser(description)
     _add_linear_arguments(parser)
     args = parser.parse_args(argv)
-    cfg, train, test = evaluation_features(args, normalize=False)
-    result = _linear_probe(cfg, train, test, args)
-    print(f"{_linear_line(result, args)}; {args.checkpoint or 'random init'}")
+    evaluation = Evaluation(args)
+    result = evaluation.linear_probe(args)
+    print(f"{_linear_line(result, args, evaluation.protocol)}; "
+          f"{args.checkpoint or 'random init'}")
     return 0
 
 
@@ -132,16 +171,19 @@ def probe_main(argv=None, description=__doc__):
                         help="write {knn_top1, linear_top1, ...} here")
     args = parser.parse_args(argv)
     args.k = args.temperature = None
-    cfg, train, test = evaluation_features(args, normalize=False)
+    evaluation = Evaluation(args)
+    train, test = evaluation.features(normalize=False)
     unit = [(F.normalize(f, dim=1), y) for f, y in (train, test)]
-    linear = _linear_probe(cfg, train, test, args)
-    result = {"knn_top1": _knn(cfg, *unit, args), "linear_top1": linear.last,
+    linear = evaluation.linear_probe(args, (train, test))
+    result = {"knn_top1": _knn(evaluation.cfg, *unit, args), "linear_top1": linear.last,
               "linear_top1_best": linear.best, "linear_best_epoch": linear.best_epoch,
-              "linear_protocol": args.protocol, "linear_epochs": args.epochs,
+              "linear_protocol": evaluation.protocol, "linear_epochs": args.epochs,
               "train_images": len(train[1]), "test_images": len(test[1])}
-    text = json.dumps(result, indent=1)
-    atomic_write(args.output, lambda f: f.write(text.encode()))
-    print(f"kNN top-1: {result['knn_top1']:.2f}%; {_linear_line(linear, args)}; "
+    if get_rank() == 0:
+        text = json.dumps(result, indent=1)
+        atomic_write(args.output, lambda f: f.write(text.encode()))
+    print(f"kNN top-1: {result['knn_top1']:.2f}%; "
+          f"{_linear_line(linear, args, evaluation.protocol)}; "
           f"{args.checkpoint or 'random init'}; saved to {args.output}")
     return 0
 

@@ -1,4 +1,9 @@
-"""MoCo v2 (Chen et al., 2020): InfoNCE against a queue of keys from a momentum encoder."""
+"""MoCo v2 (Chen et al., 2020): InfoNCE against a queue of keys from a momentum encoder; with
+INPUT.JIGSAW.ENABLED, also InfoMin's PIRL-style jigsaw branch (Tian et al., 2020, as PyContrast
+builds it): the patches of a third view go through the same encoder and a jigsaw head into one
+embedding per image, contrasted with the same key and queue; the loss is
+(1 - beta) * NCE + beta * jigsaw NCE (learning/contrast_trainer.py:283-288, beta 0.5 from
+options/train_options.py:13)."""
 
 import logging
 
@@ -6,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fvcore.common.config import CfgNode as CN
+from torch import nn
 
 from ssl2det.distributed import gather_no_grad, get_rank, get_world_size
 
@@ -23,6 +29,40 @@ def add_mocov2_config(cfg):
     # over SPLIT_BN_GROUPS groups of it (what MoCo's single-GPU CIFAR users do; ours: 8)
     cfg.METHOD.MOCO.SHUFFLE_BN = True
     cfg.METHOD.MOCO.SPLIT_BN_GROUPS = 8
+    # the jigsaw branch's weight beta (with INPUT.JIGSAW.ENABLED): PyContrast's 0.5
+    cfg.METHOD.MOCO.JIGSAW_BETA = 0.5
+
+
+class JigsawHead(nn.Module):
+    """PyContrast's JigsawHead (networks/util.py:15-56): each patch's pooled feature through
+    `embed` (InfoMin's "mlp" head: 2048 -> 2048 -> 128), the image's patch embeddings in a random
+    order concatenated, a linear layer to one embedding, L2-normalised. The orders are drawn for
+    the global batch from a generator seeded by the step (`step`, a checkpointed buffer), so
+    they do not depend on how the batch is split over ranks, and resume exactly."""
+
+    def __init__(self, embed: nn.Module, dim: int, patches: int):
+        super().__init__()
+        self.embed, self.patches = embed, patches
+        self.aggregate = nn.Linear(dim * patches, dim)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def orders(self, n: int) -> torch.Tensor:
+        """(n, patches): this rank's images' patch orders, from the global batch's."""
+        g = torch.Generator().manual_seed(int(self.step))
+        world, rank = get_world_size(), get_rank()
+        every = torch.stack([torch.randperm(self.patches, generator=g) for _ in range(n * world)])
+        return every[rank * n:(rank + 1) * n]
+
+    def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
+        """(n * patches, d) features, image-major -> (n, dim) embeddings."""
+        x = self.embed(patch_features)
+        n = x.shape[0] // self.patches
+        order = self.orders(n).to(x.device)
+        x = x.view(n, self.patches, -1)
+        x = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if self.training:
+            self.step += 1
+        return F.normalize(self.aggregate(x.reshape(n, -1)), dim=1)
 
 
 logger = logging.getLogger(__name__)
@@ -47,10 +87,15 @@ class MoCoV2(Method):
         self.register_buffer("queue", F.normalize(torch.randn(moco.QUEUE_SIZE,
                                                               cfg.METHOD.PROJECTOR.OUT_DIM), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        j = cfg.INPUT.JIGSAW
+        self.jigsaw = JigsawHead(self.projector(), cfg.METHOD.PROJECTOR.OUT_DIM,
+                                 j.GRID * j.GRID) if j.ENABLED else None
+        self.beta = moco.JIGSAW_BETA
 
     def views_to_encode(self, num_views):
-        # the online encoder sees the query view only; objectives may need both
-        return range(num_views) if self.objectives else range(1)
+        # the online encoder sees the query view only; objectives may need both (the jigsaw's
+        # patches, the last view, are the jigsaw branch's)
+        return range(min(num_views, 2)) if self.objectives else range(1)
 
     @torch.no_grad()
     def _keys(self, x):
@@ -87,10 +132,18 @@ class MoCoV2(Method):
     def loss_terms(self, features):
         q = F.normalize(self.head(features.h[0]), dim=1)
         k = self._keys(features.views[1])
-        loss = info_nce_with_queue(q, k, self.queue.clone().detach(), self.temperature)
+        queue = self.queue.clone().detach()
+        loss = info_nce_with_queue(q, k, queue, self.temperature)
+        terms = {"loss_info_nce": loss}
+        if self.jigsaw is not None:
+            patches = features.views[2]  # (n, grid * grid, 3, p, p)
+            q_jig = self.jigsaw(self.encoder(patches.flatten(0, 1)))
+            terms = {"loss_info_nce": (1 - self.beta) * loss,
+                     "loss_jigsaw": self.beta * info_nce_with_queue(q_jig, k, queue,
+                                                                     self.temperature)}
         if self.training:
             self._enqueue(k)
-        return {"loss_info_nce": loss}
+        return terms
 
     def on_step_end(self, progress):
         super().on_step_end(progress)

@@ -16,13 +16,18 @@ class ResNetEncoder(nn.Module):
     `taps`, its globally pooled output (InfoCL's LBE taps layer2-4).
     """
 
-    def __init__(self, arch: str = "resnet50", cifar_stem: bool = False, stem_stride: int = 1):
+    def __init__(self, arch: str = "resnet50", cifar_stem: bool = False, stem_stride: int = 1,
+                 init: str = "torchvision"):
         super().__init__()
         net = getattr(torchvision.models, arch)(weights=None)
         if cifar_stem:  # 32-64 px images: keep the resolution the ImageNet stem would divide by 4
             # a 3x3 convolution, no max-pool; stride 1 (CIFAR) or 2 (InfoCL's STL-10 at 64 px)
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=stem_stride, padding=1, bias=False)
             net.maxpool = nn.Identity()
+        if init == "pytorch":  # each layer's own default (Kaiming-uniform convolutions)
+            for module in net.modules():
+                if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+                    module.reset_parameters()
         for name, child in net.named_children():
             if name != "fc":
                 self.add_module(name, child)
@@ -41,8 +46,9 @@ class ResNetEncoder(nn.Module):
 
 
 def build_encoder(cfg) -> ResNetEncoder:
-    """The encoder of MODEL.ARCH with MODEL.CIFAR_STEM and MODEL.STEM_STRIDE."""
-    return ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM, cfg.MODEL.STEM_STRIDE)
+    """The encoder of MODEL.ARCH with MODEL.CIFAR_STEM, MODEL.STEM_STRIDE and MODEL.INIT."""
+    return ResNetEncoder(cfg.MODEL.ARCH, cfg.MODEL.CIFAR_STEM, cfg.MODEL.STEM_STRIDE,
+                         cfg.MODEL.INIT)
 
 
 def _stage_channels(stage: nn.Sequential) -> int:

@@ -11,6 +11,8 @@ Declarations (class attributes, or set in __init__), read once by `build_method`
     wrap_head      wrap_head(head) -> the module the method uses as its head instead (default:
                    the head unchanged). Not allowed with methods that copy their head into a
                    momentum encoder.
+    global_batch_norm  its BatchNorm layers normalise over the whole global batch under DDP,
+                   whatever the encoder's do (MODEL.SYNC_BN, MODEL.BN_GROUP_IMAGES)
 Hooks, called by the method:
     prepare(views) -> views   change what the encoder sees (MRCL masks it); training only
     forward(features) -> {name: scalar tensor}
@@ -71,6 +73,7 @@ class Objective(nn.Module):
     name = ""
     taps = ()
     feature_noise = 0.0
+    global_batch_norm = False
 
     def __init__(self, cfg, feature_dim: int):
         super().__init__()

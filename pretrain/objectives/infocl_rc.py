@@ -19,6 +19,10 @@ def add_infocl_rc_config(cfg):
 
 @register_objective("infocl_rc")
 class InfoCLReconstruction(Objective):
+    # InfoCL's decoder is outside its DataParallel (SimCLR/main.py:110-112): its BN sees the
+    # whole batch, while the encoder's sees a GPU's share
+    global_batch_norm = True
+
     def __init__(self, cfg, feature_dim):
         super().__init__(cfg, feature_dim)
         self.decoder = ImageDecoder(feature_dim, cfg.INPUT.SIZE)
