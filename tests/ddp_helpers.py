@@ -125,3 +125,75 @@ def image_folder_on_ranks(root, index_dir, world, tmp_dir):
     torch.multiprocessing.spawn(_file_index_worker, args=(
         world, os.path.join(tmp_dir, "init"), root, index_dir, tmp_dir), nprocs=world)
     return [json.load(open(os.path.join(tmp_dir, f"rank{r}.json"))) for r in range(world)]
+
+
+def _image_probe_worker(rank, world, init_file, root, out_dir):
+    from pretrain.eval.image_probe import train_probe_on_images
+    from pretrain.models import build_encoder
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world)
+    try:
+        cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain",
+                                       "infocl_imagenet_simclr.yaml"),
+                          ["MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "DATA.NUM_WORKERS", "0",
+                           "DATA.FILE_INDEX", "False"])
+        torch.manual_seed(0)
+        encoder = build_encoder(cfg)
+        layer = {}
+        import pretrain.eval.image_probe as probe
+
+        real = probe.new_linear_layer
+
+        def keep(*args, **kwargs):
+            layer["layer"] = real(*args, **kwargs)
+            return layer["layer"]
+        probe.new_linear_layer = keep
+        result = train_probe_on_images(cfg, encoder, root, root, "", torch.device("cpu"),
+                                       epochs=1, batch_size=32)
+        if rank == 0:
+            torch.save({"losses": result.losses, "last": result.last,
+                        "weight": layer["layer"].weight.detach()},
+                       os.path.join(out_dir, "probe.pt"))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def image_probe_on_ranks(root, world, out_dir):
+    """The image probe (1 epoch, 32 px, batch 32, a random ResNet-18) on `world` gloo
+    processes: rank 0's losses, last top-1 and final layer weights."""
+    torch.set_num_threads(1)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.multiprocessing.spawn(_image_probe_worker, args=(
+        world, os.path.join(out_dir, "init"), root, out_dir), nprocs=world)
+    return torch.load(os.path.join(out_dir, "probe.pt"), weights_only=True)
+
+
+def _bn_group_worker(rank, world, init_file, size, out_dir):
+    from ssl2det.distributed import GlobalBatchNorm, rank_groups
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        bn = GlobalBatchNorm(3)
+        bn.process_group = rank_groups(size)
+        g = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(4, 3, 5, 5, generator=g) * (r + 1) for r in range(world)]
+        out = bn(inputs[rank])
+        group = inputs[rank // size * size:(rank // size + 1) * size]
+        reference = torch.nn.functional.batch_norm(torch.cat(group), None, None, training=True)
+        reference = reference[(rank % size) * 4:(rank % size + 1) * 4]
+        torch.save(bool(torch.allclose(out, reference, atol=1e-5)),
+                   os.path.join(out_dir, f"bn{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def batch_norm_groups_on_ranks(world, size, out_dir):
+    """True when, on `world` gloo processes in groups of `size`, every rank's GlobalBatchNorm
+    output is batch norm over its group's images."""
+    torch.multiprocessing.spawn(_bn_group_worker, args=(
+        world, os.path.join(out_dir, "init"), size, out_dir), nprocs=world)
+    return all(torch.load(os.path.join(out_dir, f"bn{r}.pt")) for r in range(world))

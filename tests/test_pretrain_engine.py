@@ -2,6 +2,7 @@
 (kills, resumes and other faults: test_reliability.py)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,21 +80,26 @@ def test_every_shipped_pretrain_config_loads():
 
 @pytest.mark.slow
 def test_two_cpu_processes_through_the_launcher(shared_data, tmp_path):
-    """tools/pretrain.sh --num-gpus 0 --num-procs 2: torchrun, gloo, GlobalBatchNorm, the
-    distributed kNN monitor and rank-0-only outputs."""
+    """tools/pretrain.sh --num-gpus 0 --num-procs 2: torchrun, gloo, shuffle BN, the distributed
+    kNN monitor and rank-0-only outputs, on InfoMin's config (its jigsaw branch: finite on two
+    processes)."""
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [str(REPO / "tools/pretrain.sh"), str(REPO / "configs/pretrain/infocl_cifar10_barlow.yaml"),
+        [str(REPO / "tools/pretrain.sh"),
+         str(REPO / "configs/pretrain/infomin_mocov2_r50_imagenet.yaml"),
          "--num-gpus", "0", "--num-procs", "2", "--dist-url", "tcp://127.0.0.1:29533",
          "DATA.ROOT", str(shared_data / "cifar10-small/test"),
          "DATA.VAL_ROOT", str(shared_data / "cifar10-small/test"), "KNN.MAX_TRAIN_IMAGES", "200",
-         "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "16", "SOLVER.MAX_ITER", "2", "LOG_PERIOD", "1",
+         "MODEL.ARCH", "resnet18", "MODEL.CHANNELS_LAST", "False", "METHOD.MOCO.QUEUE_SIZE", "64",
+         "INPUT.SIZE", "16", "INPUT.JIGSAW.SIZE", "24", "INPUT.JIGSAW.PATCH", "8",
+         "SOLVER.BATCH_SIZE", "16", "SOLVER.MAX_ITER", "2", "LOG_PERIOD", "1",
          "DATA.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "rank 1/2" in (out / "log.txt.rank1").read_text()
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1] and "knn_top1" in rows[-1]
+    assert all(math.isfinite(r["loss_jigsaw"]) for r in rows)
     state = _load(out / "model_final.pth")["model"]
     assert "encoder.bn1.running_mean" in state
 

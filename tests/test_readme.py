@@ -82,14 +82,15 @@ def test_the_paper_scale_run_file_reads_and_every_stage_config_merges():
     command = next(c for c in readme_commands() if "pipeline.py" in c)
     spec = load_spec(str(REPO / command.split()[-1]))
     stages = build_stages(spec)
-    # 3 pretraining runs, 5 conversions (2 weights files); VOC 6 backbones x 5 seeds, COCO 5 x 1,
-    # segmentation 5 x 3, each fine-tuned and evaluated
-    assert len(fingerprints(stages)) == len(stages) == 3 + 5 + 2 * (6 * 5 + 5 * 1 + 5 * 3)
+    # 3 pretraining runs, 5 conversions (2 weights files), 3 ImageNet probes; VOC 6 backbones x 5
+    # seeds, COCO 5 x 1, segmentation 5 x 3, each fine-tuned and evaluated
+    assert len(fingerprints(stages)) == len(stages) == 3 + 5 + 3 + 2 * (6 * 5 + 5 * 1 + 5 * 3)
     # here there is no ImageNet, no weights and no VOC (the COCO sample is in ../shared): the
     # pre-flight lists them, at once
     with pytest.raises(PipelineError) as missing:
         preflight(spec, stages)
-    for expected in ("/data/imagenet/train does not exist", "/data/weights/resnet50-0676ba61.pth",
+    for expected in ("/data/imagenet/train does not exist", "probe train_root: folder /data",
+                     "/data/weights/resnet50-0676ba61.pth",
                      "/data/weights/moco_v2_800ep_pretrain.pth.tar", "voc_2007_trainval",
                      "voc_2007_test", "voc_2012_sem_seg_train_aug"):
         assert expected in str(missing.value)

@@ -43,7 +43,8 @@ def expected_values(name, tables) -> dict:
 
 
 PAPER_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml")
-                       if p.name.startswith(("infocl_", "Base-InfoCL")))
+                       if p.name.startswith(("infocl_", "Base-InfoCL", "infomin_"))
+                       or p.name == "mocov2_r50_imagenet.yaml")
 
 
 def test_every_paper_named_config_has_a_recipe_table():
@@ -263,3 +264,267 @@ def test_stl10_stem_and_evaluation_size():
     assert out.shape == (3, 96, 96)
     expected = (image[0].float() / 255 - 0.491) / 0.247
     assert torch.allclose(out[0], expected, atol=1e-5)
+
+
+# --- round three: InfoMin's jigsaw branch -----------------------------------------------------
+
+def test_the_jigsaw_crop_is_pycontrasts_grid_of_patches():
+    """A 255 px crop of the whole image (no flip): 9 patches of 64 px, row-major, each inside
+    its 85 px cell at an offset of 0..21 per axis; the pixels are the image's, normalised."""
+    import random
+
+    import numpy as np
+
+    from pretrain.data.views import JigsawView
+
+    rows, cols = np.meshgrid(np.arange(255), np.arange(255), indexing="ij")
+    image = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)  # R = row, G = col
+
+    class NoFlip(random.Random):
+        def random(self):  # the flip's coin: never; the offsets still drawn by randint
+            return 0.99
+
+    view = JigsawView(255, (0.6, 1.0), grid=3, patch=64, normalize=((0, 0, 0), (1, 1, 1)))
+    patches = view(image, (0, 0, 255, 255), NoFlip(3))
+    assert patches.shape == (9, 3, 64, 64)
+    levels = (patches * 255).round().long()
+    for i, patch in enumerate(levels):
+        top, left = int(patch[0, 0, 0]), int(patch[1, 0, 0])
+        assert i // 3 * 85 <= top <= i // 3 * 85 + 21 and i % 3 * 85 <= left <= i % 3 * 85 + 21
+        assert torch.equal(patch[0, :, 0], torch.arange(top, top + 64))  # a whole, unscaled crop
+        assert torch.equal(patch[1, 0, :], torch.arange(left, left + 64))
+
+
+def _jigsaw_moco(extra=()):
+    from pretrain.config import load_config
+    from pretrain.methods import build_method
+
+    cfg = load_config(str(CONFIGS / "infomin_mocov2_r50_imagenet.yaml"), [
+        "MODEL.ARCH", "resnet18", "METHOD.MOCO.QUEUE_SIZE", "16", "METHOD.PROJECTOR.HIDDEN_DIM",
+        "16", "METHOD.PROJECTOR.OUT_DIM", "8", "INPUT.JIGSAW.SIZE", "24", "INPUT.JIGSAW.PATCH",
+        "8", *extra])
+    torch.manual_seed(0)
+    return cfg, build_method(cfg)
+
+
+def test_the_jigsaw_head_aggregates_as_pycontrasts():
+    """fc1 per patch, the patches of each image in a random order (PyContrast's indexing
+    x[randperm + base]), concatenated, fc2, L2 norm; the orders do not depend on how the batch
+    is split over ranks."""
+    import torch.nn.functional as F
+
+    from pretrain.methods import mocov2
+
+    _, moco = _jigsaw_moco()
+    head = moco.jigsaw
+    features = torch.randn(2 * 9, 512)
+    orders = head.orders(2)
+    ids = torch.cat([orders[i] + 9 * i for i in range(2)])  # PyContrast's get_shuffle_ids
+    expected = F.normalize(head.aggregate(head.embed(features)[ids].view(2, -1)), dim=1)
+    assert torch.allclose(head(features), expected, atol=1e-6)
+    assert int(head.step) == 1  # the next step draws other orders
+    first = head.orders(4)
+    for rank in (0, 1):  # the same global batch split over 2 ranks
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mocov2, "get_world_size", lambda: 2)
+            patch.setattr(mocov2, "get_rank", lambda r=rank: r)
+            assert torch.equal(head.orders(2), first[2 * rank:2 * rank + 2])
+
+
+def test_the_infomin_loss_is_one_minus_beta_nce_plus_beta_jigsaw_nce():
+    """Hand-computed: logits of the query and of the jigsaw embedding against the same key
+    (positive) and queue (negatives), over the temperature."""
+    import torch.nn.functional as F
+
+    from pretrain.objectives import Features
+
+    cfg, moco = _jigsaw_moco()
+    moco.eval()  # no enqueue, no step: the queue and orders stay as read
+    views = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 9, 3, 8, 8)]
+    h = moco.encoder(views[0])
+    features = Features(h=[h], mu=[h], taps=[{}], views=views, originals=views)
+    k = moco._keys(views[1])
+    q = F.normalize(moco.head(h), dim=1)
+    q_jig = moco.jigsaw(moco.encoder(views[2].flatten(0, 1)))
+    queue, t, beta = moco.queue, cfg.METHOD.MOCO.TEMPERATURE, cfg.METHOD.MOCO.JIGSAW_BETA
+
+    def nce(a):
+        logits = torch.cat([(a * k).sum(1, keepdim=True), a @ queue.T], 1) / t
+        return -(logits[:, 0] - logits.logsumexp(1)).mean()
+    terms = moco.loss_terms(features)
+    assert beta == 0.5 and t == 0.15
+    assert float(terms["loss_info_nce"]) == pytest.approx(float((1 - beta) * nce(q)), rel=1e-5)
+    assert float(terms["loss_jigsaw"]) == pytest.approx(float(beta * nce(q_jig)), rel=1e-5)
+
+
+def test_infomin_is_infomin_and_the_augmentation_alone_is_named_so():
+    from pretrain.config import load_config
+    from pretrain.data import build_views
+
+    full = load_config(str(CONFIGS / "infomin_mocov2_r50_imagenet.yaml"))
+    alone = load_config(str(CONFIGS / "infomin_aug_mocov2_r50_imagenet.yaml"))
+    assert full.INPUT.JIGSAW.ENABLED and not alone.INPUT.JIGSAW.ENABLED
+    assert [type(v).__name__ for v in build_views(full, False).views] == ["View", "View",
+                                                                          "JigsawView"]
+    assert "70.1" in (CONFIGS / "infomin_mocov2_r50_imagenet.yaml").read_text()
+    assert "no number is quoted" in (CONFIGS / "infomin_aug_mocov2_r50_imagenet.yaml").read_text()
+
+
+# --- round three: schedules, LARS, initialisation -------------------------------------------
+
+def test_pycontrasts_cosine_counts_epochs_from_one_down_to_a_thousandth():
+    from pretrain.engine.optim import lr_at
+
+    epochs, per_epoch, base = 5, 3, 0.03
+    ours = [lr_at(i, epochs * per_epoch, base, 0, 0.001, "cosine_per_epoch", per_epoch, 1)
+            for i in range(epochs * per_epoch)]
+    eta_min = base * 0.1 ** 3  # PyContrast learning/base_trainer.py:70-72, epoch = 1..epochs
+    theirs = [eta_min + (base - eta_min) * (1 + math.cos(math.pi * e / epochs)) / 2
+              for e in range(1, epochs + 1)]
+    assert ours == pytest.approx([lr for lr in theirs for _ in range(per_epoch)])
+    assert ours[-1] == pytest.approx(eta_min)
+
+
+def test_infocls_lars_leaves_a_zero_norm_parameter_where_it_is():
+    from pretrain.engine.optim import LARS
+
+    for foreach in (False, True):
+        moved = {}
+        for trust in (0.0, 1.0):
+            w = torch.nn.Parameter(torch.zeros(4))
+            opt = LARS([{"params": [w]}], lr=0.1, momentum=0.9, weight_decay=1e-6,
+                       foreach=foreach, classic_momentum=True, zero_norm_trust=trust)
+            w.grad = torch.ones(4)
+            opt.step()
+            moved[trust] = float(w.detach().abs().sum())
+        assert moved[0.0] == 0.0 and moved[1.0] > 0
+
+
+def test_infocl_resnets_start_from_pytorchs_default_initialisation():
+    import torch.nn as nn
+
+    from pretrain.config import load_config
+    from pretrain.eval.linear import new_linear_layer
+    from pretrain.models import build_encoder
+
+    def conv_std(name):  # (a 3x3 convolution of 64 channels: fan in = fan out = 576)
+        torch.manual_seed(0)
+        cfg = load_config(str(CONFIGS / name), ["MODEL.ARCH", "resnet18"])
+        return float(build_encoder(cfg).layer1[0].conv1.weight.std())
+
+    fan = 64 * 3 * 3
+    pytorch, torchvision = (1 / fan) ** 0.5 / 3 ** 0.5, (2 / fan) ** 0.5  # U(+-1/sqrt(fan in)),
+    assert conv_std("infocl_cifar10_simclr.yaml") == pytest.approx(pytorch, rel=0.1)  # Kaiming
+    assert conv_std("infocl_imagenet_simclr.yaml") == pytest.approx(pytorch, rel=0.1)  # normal
+    assert conv_std("simclr_r50_imagenet.yaml") == pytest.approx(torchvision, rel=0.1)  # fan out
+    torch.manual_seed(0)
+    default = new_linear_layer(512, 10, "pytorch")  # InfoCL's eval_lr.py: nn.Linear's own
+    torch.manual_seed(0)
+    assert torch.equal(default.weight, nn.Linear(512, 10).weight)
+    normal = new_linear_layer(512, 10, "normal")  # eval_lr_imagenet.py:141-142
+    assert float(normal.weight.std()) == pytest.approx(0.01, rel=0.1) and not normal.bias.any()
+
+
+# --- round three: the ImageNet probe ---------------------------------------------------------
+
+def test_the_imagenet_probe_protocol_is_eval_lr_imagenets():
+    from pretrain.config import load_config
+    from pretrain.data import eval_transform
+    from pretrain.data.views import Flip
+    from pretrain.eval.image_probe import training_views
+    from pretrain.eval.linear import PROTOCOLS
+
+    p = PROTOCOLS["infocl_imagenet"]
+    assert (p.batch_size, p.lr, p.schedule, p.drop_last, p.init, p.on_images, p.standardize) == (
+        256, 0.3, "cosine_per_epoch", True, "normal", True, False)
+    cfg = load_config(str(CONFIGS / "infocl_imagenet_simclr.yaml"))
+    assert cfg.PROBE.PROTOCOL == "infocl_imagenet"
+    (view,) = training_views(cfg).views
+    assert (view.size, view.scale) == (224, (0.08, 1.0))  # RandomResizedCrop(224)'s defaults
+    assert [type(s) for s in view.steps] == [Flip]
+    resize, crop = eval_transform(cfg).transforms[1:3]
+    assert (list(resize.size), list(crop.size)) == ([256], [224, 224])  # Resize, CenterCrop
+    p = PROTOCOLS["infocl"]
+    assert (p.batch_size, p.lr, p.schedule, p.drop_last, p.init) == (
+        128, 0.01, "multistep_60_80", True, "pytorch")
+
+
+def test_the_imagenet_probe_runs_on_real_images_and_resumes_exactly(shared_data, tmp_path):
+    """On imagenet-sample at 32 px: an interrupted probe resumes after its last whole epoch and
+    ends where an uninterrupted one does."""
+    from pretrain.config import load_config
+    from pretrain.eval.image_probe import STATE_FILE, train_probe_on_images
+    from pretrain.models import build_encoder
+
+    root = str(shared_data / "imagenet-sample/train")
+    cfg = load_config(str(CONFIGS / "infocl_imagenet_simclr.yaml"), [
+        "MODEL.ARCH", "resnet18", "INPUT.SIZE", "32", "DATA.NUM_WORKERS", "0",
+        "DATA.FILE_INDEX", "False"])
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg)
+
+    def probe(folder, **kwargs):
+        return train_probe_on_images(cfg, encoder, root, root, str(folder), torch.device("cpu"),
+                                     epochs=3, batch_size=32, **kwargs)
+    whole = probe(tmp_path / "whole")
+
+    def stop_after_two(epoch, loss):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        probe(tmp_path / "cut", progress=stop_after_two)
+    assert torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)["epoch"] == 2
+    resumed = probe(tmp_path / "cut")
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6) and len(whole.losses) == 3
+    assert (resumed.last, resumed.best, resumed.best_epoch) == (whole.last, whole.best,
+                                                                whole.best_epoch)
+    assert 0 <= whole.last <= 100
+
+
+def test_the_imagenet_probe_on_two_processes_equals_one(shared_data, tmp_path):
+    from ddp_helpers import image_probe_on_ranks
+
+    one, two = (image_probe_on_ranks(str(shared_data / "imagenet-sample/train"), world,
+                                     str(tmp_path / f"w{world}")) for world in (1, 2))
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    assert two["last"] == one["last"] and torch.allclose(two["weight"], one["weight"], atol=1e-6)
+
+
+def test_a_probe_trains_on_the_labelled_folder_and_refuses_one_class(shared_data, tmp_path):
+    """STL-10's configs pretrain on the unlabeled folder (one class folder): the probe takes
+    KNN.TRAIN_ROOT, the labelled one; a one-class training folder is refused in one line."""
+    import argparse
+
+    from pretrain.eval.cli import Evaluation
+    from ssl2det.errors import ConfigError
+
+    labelled = shared_data / "cifar10-small/test"
+    unlabeled = tmp_path / "unlabeled"
+    (unlabeled / "all").mkdir(parents=True)
+    for i, image in enumerate(sorted(labelled.rglob("*.jpg"))[:4]):
+        (unlabeled / "all" / f"{i}.jpg").write_bytes(image.read_bytes())
+    args = argparse.Namespace(config_file=str(CONFIGS / "infocl_stl10_simclr.yaml"),
+                              checkpoint=None, ema=False, train_root=None, val_root=None,
+                              protocol=None, opts=["DATA.ROOT", str(unlabeled), "KNN.TRAIN_ROOT",
+                                                   str(labelled), "DATA.VAL_ROOT", str(labelled)])
+    evaluation = Evaluation(args)
+    assert evaluation.train_root == str(labelled) and evaluation.protocol == "infocl"
+    args.opts = ["DATA.ROOT", str(unlabeled), "KNN.TRAIN_ROOT", "", "DATA.VAL_ROOT", str(labelled)]
+    with pytest.raises(ConfigError, match=r"has 1 class \(all\): a linear probe needs labelled"):
+        Evaluation(args)
+
+
+# --- round three: batch norm at paper scale -------------------------------------------------
+
+def test_infocls_imagenet_batch_norm_sees_256_images_on_any_number_of_processes(tmp_path):
+    from ddp_helpers import batch_norm_groups_on_ranks
+
+    from pretrain.config import load_config
+    from pretrain.engine.run import batch_norm_ranks
+
+    cfg = load_config(str(CONFIGS / "infocl_imagenet_simclr.yaml"))
+    assert cfg.MODEL.BN_GROUP_IMAGES == 256 and cfg.SOLVER.BATCH_SIZE == 1024
+    assert [batch_norm_ranks(cfg, world) for world in (4, 8, 16)] == [1, 2, 4]
+    # 4 gloo processes in groups of 2: each rank's BN output is BN over its pair's images
+    assert batch_norm_groups_on_ranks(4, 2, str(tmp_path))

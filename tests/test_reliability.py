@@ -20,9 +20,11 @@ from conftest import REPO
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
+#: MoCo v2 with InfoMin's jigsaw branch (a third view of patches, its head's step buffer)
 MOCO = ["--config-file", str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"),
         "DATA.VAL_ROOT", "", "SOLVER.BATCH_SIZE", "32", "SOLVER.MAX_ITER", "6",
-        "METHOD.MOCO.QUEUE_SIZE", "64", "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "2"]
+        "METHOD.MOCO.QUEUE_SIZE", "64", "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "2",
+        "INPUT.JIGSAW.ENABLED", "True", "INPUT.JIGSAW.SIZE", "24", "INPUT.JIGSAW.PATCH", "8"]
 
 
 def _run(cmd, **kwargs):
@@ -73,7 +75,8 @@ class CodeCarrier:
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(shared_data, tmp_path_factory):
-    """MoCo v2 (optimiser, queue, momentum encoder: every kind of state), 6 iterations."""
+    """MoCo v2 with the jigsaw branch (optimiser, queue, momentum encoder, the jigsaw's orders:
+    every kind of state), 6 iterations."""
     out = tmp_path_factory.mktemp("uninterrupted")
     result = _run(PRETRAIN + MOCO + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
                                      "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out)])

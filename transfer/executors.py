@@ -93,10 +93,13 @@ def _partitions() -> dict:
 
 
 def tasks_per_node(kind: str, resources) -> int:
-    """Processes per node: pretraining one per GPU (or as asked); stage two one (detectron2
-    starts a process per GPU itself); the other stages one."""
+    """Processes per node: pretraining one per GPU (or as asked); a probe as asked (the
+    infocl_imagenet protocol splits its batches over them); stage two one (detectron2 starts a
+    process per GPU itself); the other stages one."""
     if kind == "pretrain":
         return resources.tasks_per_node or max(1, resources.gpus_per_node)
+    if kind == "probe":
+        return resources.tasks_per_node or 1
     return 1
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pretrain.config import PROBE_KEYS, load_config
+from pretrain.eval.linear import PROTOCOLS
 from pretrain.config import RUNTIME_KEYS as PRETRAIN_RUNTIME_KEYS
 from pretrain.launch import launch_command
 from ssl2det.config import config_values, key_in
@@ -255,7 +256,8 @@ class ProbeStage(Stage):
     def __init__(self, spec, pretrain: PretrainStage, random: bool = False):
         self.name = RANDOM if random else pretrain.name
         super().__init__(spec.layout.probe(self.name), f"probe {self.name}", ("probe", self.name))
-        self.settings, self.result = spec.probe, spec.layout.probe_result(self.name)
+        self.spec, self.settings = spec, spec.probe
+        self.result = spec.layout.probe_result(self.name)
         self.pretrain, self.run_spec = None if random else pretrain, pretrain.run_spec
         if random:
             self.encoder = ["--random-init", "--config-file", self.run_spec.config,
@@ -269,12 +271,23 @@ class ProbeStage(Stage):
     def is_complete(self):
         return self.result.is_file()
 
-    def command(self):
+    def _probe(self):
         s = self.settings
-        return [sys.executable, "-m", "pretrain.eval", "probe", "--train-root", s.train_root,
-                "--val-root", s.val_root, "--epochs", s.linear_epochs, "--protocol",
-                s.linear_protocol, "--output", self.result,
-                *self.encoder, *s.overrides]
+        return ["-m", "pretrain.eval", "probe", "--train-root", s.train_root, "--val-root",
+                s.val_root, "--epochs", s.linear_epochs, "--protocol", s.linear_protocol,
+                "--output", self.result, *self.encoder, *s.overrides]
+
+    def command(self):
+        # the probe on augmented images splits its batches over the GPUs (torchrun), as
+        # pretraining does; the probes on features computed once run in one process
+        gpus = self.spec.num_gpus if PROTOCOLS[self.settings.linear_protocol].on_images else 1
+        if gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                    str(gpus), *self._probe()]
+        return [sys.executable, *self._probe()]
+
+    def task_command(self):  # SLURM starts the tasks itself
+        return [sys.executable, *self._probe()]
 
     def inputs(self, upstream):
         s = self.settings

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat,
                       StrictInt, StrictStr, ValidationError)
 
+from pretrain.eval.linear import PROTOCOLS
 from ssl2det.config import read_yaml_mapping
 from ssl2det.errors import UserError
 
@@ -35,7 +36,7 @@ class RunFileError(PipelineError):
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _REPLICATE = re.compile(r".*-seed\d+")
 MAX_REPEATS = 100  # ours: far above any study's seeds, far below what would run for ever
-PROBE_PROTOCOLS = ("ours", "infocl", "infocl_imagenet")  # pretrain/eval/linear.py
+PROBE_PROTOCOLS = tuple(PROTOCOLS)
 
 
 def _safe_name(value: str) -> str:
@@ -178,6 +179,7 @@ class Resources(Entry):
     nodes: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
     gpus_per_node: Annotated[StrictInt, Field(ge=0, le=64)] = 0
     # pretraining: processes per node, one per GPU by default (DDP from SLURM's environment);
+    # a probe: as given (default 1; the infocl_imagenet protocol splits its batches over them);
     # stage two always runs one task per node, detectron2 starting a process per GPU
     tasks_per_node: Optional[Annotated[StrictInt, Field(ge=1, le=256)]] = None
     cpus_per_task: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
