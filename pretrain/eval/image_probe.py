@@ -17,7 +17,6 @@ no state: the probe then starts from the beginning each time).
 
 import logging
 import os
-import random
 
 import torch
 import torch.distributed as dist
@@ -27,28 +26,12 @@ from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.errors import ConfigError
 from ssl2det.io import atomic_write, load_checkpoint_file
 
-from ..data import EpochBatchSampler, eval_transform, image_folder
+from ..data import EpochBatchSampler, SeededViews, eval_transform, image_folder
 from ..data.views import Flip, View, Views
 from .linear import PROTOCOLS, ProbeResult, new_linear_layer, probe_scheduler
 
 logger = logging.getLogger("pretrain")
 STATE_FILE = "image_probe_state.pth"
-
-
-class _AugmentedImages(torch.utils.data.Dataset):
-    """(index, epoch) -> (normalised view, label): eval_lr_imagenet.py's training transform."""
-
-    def __init__(self, folder, views, seed):
-        self.folder, self.views, self.seed = folder, views, seed
-
-    def __len__(self):
-        return len(self.folder)
-
-    def __getitem__(self, item):
-        index, epoch = item
-        rng = random.Random((self.seed * 1_000_003 + epoch * 100_000_007 + index) % 2**63)
-        (view,), label = self.folder.read_views(index, self.views, rng)
-        return view, label
 
 
 def training_views(cfg) -> Views:
@@ -85,7 +68,8 @@ def train_probe_on_images(cfg, encoder, train_root, val_root, state_dir, device,
         raise ConfigError(f"{train_root} has {len(train)} images, fewer than one probe batch of "
                           f"{batch_size}")
     workers = cfg.DATA.NUM_WORKERS
-    loader = torch.utils.data.DataLoader(_AugmentedImages(train, training_views(cfg), cfg.SEED),
+    # eval_lr_imagenet.py's training transform, seeded per image and epoch
+    loader = torch.utils.data.DataLoader(SeededViews(train, training_views(cfg), cfg.SEED),
                                          batch_sampler=sampler, num_workers=workers)
     test_subset = torch.utils.data.Subset(test, list(range(rank, len(test), world)))
     test_loader = torch.utils.data.DataLoader(test_subset, batch_size=batch_size,
@@ -114,7 +98,7 @@ def train_probe_on_images(cfg, encoder, train_root, val_root, state_dir, device,
     for epoch in range(start, epochs):
         sampler.set_epoch(epoch, 0)
         total = torch.zeros((), device=device)
-        for (images, labels), _ in zip(loader, range(sampler.batches_per_epoch)):
+        for ((images,), labels), _ in zip(loader, range(sampler.batches_per_epoch)):
             with torch.no_grad():
                 features = encoder(images.to(device)).float()
             loss = F.cross_entropy(model(features), labels.to(device))
