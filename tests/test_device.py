@@ -142,8 +142,7 @@ def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data
     log = (tmp_path / "out/log.txt").read_text()
     assert run.returncode == 0 and "FAILED" not in log, log[-3000:]
     assert "environment" in (tmp_path / "out/env.txt").read_text().lower()
-    for name, key in (("r50_224", "samples_per_s"), ("r18_32", "samples_per_s"),
-                      ("mask_rcnn_fpn", "iterations_per_s")):
+    for name, key in (("r50_224", "samples_per_s"), ("mask_rcnn_fpn", "iterations_per_s")):
         record = json.loads((tmp_path / "out" / f"{name}.json").read_text())
         assert all(side[key] > 0 for side in record["results"].values()), record
         assert record["ratio"] > 0

@@ -183,16 +183,17 @@ def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
     assert f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f};" in table
     assert "noise (|mean|" in table
 
+    # the timing model, on the first config alone (its per-config arithmetic is the same)
     estimate = subprocess.run(
         [sys.executable, str(REPO / "tools/objective_study.py"), "--out", str(tmp_path / "est"),
-         "--seeds", "2", "--estimate", "600", "--estimate-iters", "3", *common],
+         "--seeds", "2", "--estimate", "600", "--estimate-iters", "2", *common[:-1]],
         capture_output=True, text=True, timeout=900)
     assert estimate.returncode == 0, (estimate.stdout + estimate.stderr)[-4000:]
     model = json.loads((tmp_path / "est/estimate.json").read_text())
-    assert [r["config"] for r in model["configs"]] == ["infocl_cifar10_simclr",
-                                                       "infocl_cifar10_simclr_rc"]
+    assert [r["config"] for r in model["configs"]] == ["infocl_cifar10_simclr"]
     assert model["steps_per_epoch"] == 10 and all(r["epoch_s"] > 0 for r in model["configs"])
     fits = model["epochs_that_fit"]
     assert int(estimate.stdout.split()[-1]) == fits
-    cost = (2 * 2 * model["fixed_s_per_run"] + 30 + fits * 2 * sum(r["epoch_s"] for r in model["configs"]))
+    runs = len(model["configs"]) * 2  # configs x seeds
+    cost = runs * model["fixed_s_per_run"] + 30 + fits * 2 * sum(r["epoch_s"] for r in model["configs"])
     assert cost <= 600 or fits == 0

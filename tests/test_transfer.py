@@ -38,18 +38,6 @@ def test_mask_rcnn_fpn_trains_and_reports_box_and_mask_ap(shared_data, tmp_path)
     assert (tmp_path / "model_final.pth").is_file()
 
 
-@pytest.mark.slow
-def test_faster_rcnn_c4_on_registered_voc_data_reports_ap50(shared_data, tmp_path):
-    voc = str(shared_data / "raccoon-voc")
-    results, out = _train_net(
-        ["--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
-         "--register-voc", "raccoon_train", voc, "train",
-         "--register-voc", "raccoon_test", voc, "test", "--voc-classes", "raccoon",
-         "DATASETS.TRAIN", '("raccoon_train",)', "DATASETS.TEST", '("raccoon_test",)',
-         "MODEL.ROI_HEADS.NUM_CLASSES", "1"], tmp_path)
-    assert 0 <= results["bbox"]["AP50"] <= 100 and "bbox/AP50" in out
-
-
 @pytest.fixture(scope="module")
 def coco_semseg_labels(shared_data, tmp_path_factory):
     """Label PNGs made from the shared COCO polygons by tools/coco_to_semseg.py."""
