@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,33 @@ SHARED_DATA = Path(os.environ.get("SSL2DET_SHARED_DATA", REPO.parent / "shared" 
 # detectron2 resolves its builtin data sets (coco_2017_train, ...) from this variable when
 # detectron2.data is first imported, so it is set before any test imports detectron2.
 os.environ["DETECTRON2_DATASETS"] = str(SHARED_DATA / "detectron2")
+
+
+def kill_processes_naming(path) -> None:
+    """SIGKILL every process (but this one) whose command line names `path`."""
+    needle = str(path).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            named = needle in (proc / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        if named and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test(request):
+    """A test that stops midway (a failed assert, a timeout) can leave a training it started
+    running on: it would fill the disk with checkpoints and take the cores from every later
+    test. After each test that has a folder, what still runs from that folder is killed (before
+    pytest removes the folder)."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        kill_processes_naming(folder)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,13 @@ def _wait_for(condition, what, timeout_s=300):
         time.sleep(0.05)
 
 
+def _logged_a_step(run_folder) -> bool:
+    """metrics.json holds a line: training has begun, so its signal handlers are in place
+    (detectron2's writer creates the file empty when the run is set up)."""
+    metrics = run_folder / "metrics.json"
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -435,7 +442,7 @@ def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(sha
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "SOLVER.MAX_ITER", "100000",
         "OUTPUT_DIR", str(tmp_path / "sigint")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
-    _wait_for(lambda: (tmp_path / "sigint/metrics.json").is_file(), "the first logged step")
+    _wait_for(lambda: _logged_a_step(tmp_path / "sigint"), "the first logged step")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
@@ -451,7 +458,7 @@ def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(sha
                                            "SOLVER.MAX_ITER", "100000"]}]}))
     pipeline = subprocess.Popen([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: (out / "pretrain/a/metrics.json").is_file(), "the stage's first step")
+    _wait_for(lambda: _logged_a_step(out / "pretrain/a"), "the stage's first step")
     pipeline.send_signal(signal.SIGKILL)
     pipeline.wait()
     log = out / "pretrain/a/pretrain.log"

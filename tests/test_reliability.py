@@ -81,7 +81,8 @@ def uninterrupted_run(shared_data, tmp_path_factory):
     result = _run(PRETRAIN + MOCO + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
                                      "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    yield out
+    shutil.rmtree(out)  # its checkpoints are the module's alone
 
 
 @pytest.mark.slow
