@@ -55,6 +55,13 @@ def _logged_a_step(run_folder) -> bool:
     return metrics.is_file() and metrics.stat().st_size > 0
 
 
+def _as_from_a_terminal():
+    """SIGINT back to its default, as a terminal's foreground command has it: a shell that
+    starts the suite in the background (CI's may) leaves SIGINT ignored, and Python then never
+    turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -441,7 +448,7 @@ def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(sha
     proc = subprocess.Popen(PRETRAIN + TINY_PRETRAIN + [
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "SOLVER.MAX_ITER", "100000",
         "OUTPUT_DIR", str(tmp_path / "sigint")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=_as_from_a_terminal)
     _wait_for(lambda: _logged_a_step(tmp_path / "sigint"), "the first logged step")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
