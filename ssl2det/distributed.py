@@ -74,6 +74,14 @@ def slurm_master_address() -> tuple:
     return expand_hostlist(nodes)[0], 20000 + job % 20000
 
 
+def slurm_machines() -> tuple:
+    """(machines, this machine's rank, dist URL) of a SLURM job that runs one task per node,
+    for a launcher that starts the processes of each machine itself (detectron2's `launch`)."""
+    host, port = slurm_master_address()
+    return (int(os.environ.get("SLURM_NNODES", "1")), int(os.environ.get("SLURM_NODEID", "0")),
+            f"tcp://{host}:{port}")
+
+
 def init_distributed(device_type: str, timeout_s: float = 1800.0):
     """Join the process group described by the environment; returns (rank, world, local_rank).
 

@@ -24,12 +24,14 @@ LAYERS = (
     ("pretrain", "pretrain.cli", "pretrain.launch", "pretrain.__main__"),  # entry points
     ("transfer.convert", "transfer.data", "transfer.modeling", "transfer.semseg_labels",
      "transfer.metrics", "transfer.layout", "transfer.run_file", "transfer.spec"),
-    ("transfer.config", "transfer.checkpoint", "transfer.visualize"),
+    ("transfer.config", "transfer.checkpoint", "transfer.visualize", "transfer.record"),
     ("transfer.trainer",),
     ("transfer.train_net", "transfer.report"),  # entry point; the report reads the run layout
+    ("transfer.stages",),  # what each kind of stage runs, produces and is made from
     ("transfer.preflight",  # checks a run's inputs as train_net will read them
-     "transfer.executors"),  # where the stages run: this machine, or SLURM jobs
-    ("transfer", "transfer.pipeline"),  # the pipeline runs the entry points of both stages
+     "transfer.executors"),  # where the stages run: the interface, local, slurm, dry run
+    ("transfer.plan",),  # what to do with each stage, handed to an executor
+    ("transfer", "transfer.pipeline"),  # the command line
 )
 
 

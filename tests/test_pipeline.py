@@ -26,7 +26,7 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
 
     out, run_file, first, _ = tiny_local_run
     spec = yaml.safe_load(run_file.read_text())
-    assert "pre-flight: 11 stages, every input found" in first
+    assert "pre-flight: 12 stages, every input found" in first  # 11 and the report
     report = (out / "report.md").read_text()
     for section in ("## Results", "## What ran", "## Pretraining", "## Fine-tuning",
                     "## Predictions"):
@@ -58,7 +58,8 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     third = _run(run_file)
     assert "fine-tune det from simclr-seed1 ..." in third
     assert "evaluate det from simclr-seed1 ..." in third
-    assert third.count("complete, skipped") == 11 - 2  # and nothing else ran
+    # and nothing else ran but the report, which follows what ran
+    assert third.count("complete, skipped") == 12 - 3 and "] report ..." in third
     assert "Loading checkpoint from" in (seed / "finetune.log").read_text().split("model_0000000")[0][-300:] \
         or "model_0000000.pth" in (seed / "finetune.log").read_text()
     assert (seed / "model_final.pth").is_file()
@@ -73,7 +74,7 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     assert "| det | simclr (STALE) |" in (out / "report.md").read_text()
     redone = _run(run_file)
     assert redone.count("its inputs changed since its outputs were made") == 4
-    assert redone.count("complete, skipped") == 11 - 4
+    assert redone.count("complete, skipped") == 12 - 5  # and the report
     for backbone in ("simclr", "supervised"):
         assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 1
         assert list((out / "evaluate/det").glob(f"{backbone}.stale-*/final_metrics.json"))
@@ -143,7 +144,7 @@ def test_a_stage_is_stale_exactly_when_what_it_is_made_from_changed(tmp_path):
     before = hashes([])
     changed = {key for key, h in hashes(["SOLVER.MAX_ITER", "3"]).items() if h != before[key]}
     assert changed == {("pretrain", "a"), ("convert", "a"), ("probe", "a"),
-                       ("finetune", "det", "a"), ("evaluate", "det", "a")}
+                       ("finetune", "det", "a"), ("evaluate", "det", "a"), ("report",)}
     assert hashes(["DATA.NUM_WORKERS", "1", "SOLVER.CHECKPOINT_PERIOD", "7"]) == before
 
 

@@ -62,7 +62,7 @@ def test_report_aggregates_the_seeds_and_keeps_published_numbers_apart(tmp_path)
     from transfer.report import write_report
 
     spec, stages = _finished_run(tmp_path)
-    report = write_report(spec, records=[(s.label, s.record, s.folder) for s in stages])
+    report = write_report(spec, stages=stages[:-1])
     text = report.read_text()
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| det |")
             and ("measured |" in line or "(published)" in line)}
@@ -94,7 +94,7 @@ def test_the_html_report_renders_in_a_headless_browser(tmp_path):
     from transfer.report import write_report
 
     spec, stages = _finished_run(tmp_path)
-    html = write_report(spec, records=[(s.label, s.record, s.folder) for s in stages]
+    html = write_report(spec, stages=stages[:-1]
                         ).with_suffix(".html")
     shot = spec.layout.root / "report_screenshot.png"
     browser = shutil.which("chromium")

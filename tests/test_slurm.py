@@ -68,7 +68,7 @@ def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_loca
                               tiny_spec(local_out.parent, out, launch=SLURM))
     assert "submitted 12 SLURM job(s)" in run_pipeline(run_file)
     folder = out / "pretrain/simclr"
-    job = _record(folder / "stage.json")["job"]
+    job = _record(folder / "stage.json")["run"]["id"]
     _wait_until(lambda: (folder / "metrics.json").is_file()
                 and len((folder / "metrics.json").read_text().splitlines()) >= 2,
                 "the pretraining's second step")
@@ -80,18 +80,16 @@ def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_loca
     # (the other backbone's conversion needs no pretraining: it may be done by now)
     assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, \d+ already queued or running",
                      followed), followed[-2000:]
-    assert "every job ended" in followed
+    assert "[pipeline] finished in" in followed
 
     log = (folder / "pretrain.log").read_text()
     stopped = re.search(r"stopped by SIGUSR2 after iteration (\d+)", log)
     assert stopped and f"continuing at iteration {int(stopped.group(1)) + 1}" in log
     stages = build_stages(load_spec(str(run_file)))
-    jobs = {stage.key: _record(stage.record)["job"] for stage in stages}
-    assert len(set(jobs.values())) == len(stages) == 11 and jobs[("pretrain", "simclr")] == job
-    for stage in stages:
+    jobs = {stage.key: stage.record.run["id"] for stage in stages}
+    assert len(set(jobs.values())) == len(stages) == 12 and jobs[("pretrain", "simclr")] == job
+    for stage in stages:  # the report's: every other stage's job
         assert _dependencies(out, jobs[stage.key]) == {jobs[k] for k in stage.requires}, stage.label
-    report_job = _record(out / "report.stage.json")["job"]
-    assert _dependencies(out, report_job) == set(jobs.values())
     assert (out / "report.md").is_file() and "## Results" in (out / "report.md").read_text()
 
     seeds = [_record(out / f"finetune/det/{run}/stage.json") for run in ("simclr", "simclr-seed1")]
@@ -101,10 +99,10 @@ def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_loca
     assert final_metrics(out) == local_metrics
 
     again = run_pipeline(run_file, "--executor", "slurm")
-    assert "submitted 0 SLURM job(s)" in again and again.count("complete, skipped") == 11
+    assert "submitted 0 SLURM job(s)" in again and again.count("complete, skipped") == 12
     status = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
                              "--status"], capture_output=True, text=True, cwd=REPO)
-    assert status.returncode == 0 and status.stdout.count(": complete") == 11
+    assert status.returncode == 0 and status.stdout.count(": complete") == 12
 
 
 def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(tmp_path):
@@ -160,7 +158,9 @@ def test_after_a_failed_job_status_names_it_and_resubmission_runs_only_it_and_it
     log = tmp_path / "run/pretrain/bad/pretrain.log"
     assert lines["pretrain bad"].startswith("FAILED (") and f"log {log}: error: no image in" in \
         lines["pretrain bad"], lines["pretrain bad"]
-    assert lines["report"].startswith("not written")
+    # the report's job was cancelled when its dependency failed (kill-on-invalid-dep)
+    assert lines["report"].startswith("FAILED (job ") and "cancelled" in lines["report"], \
+        lines["report"]
 
     shutil.rmtree(broken.parent)
     shutil.copytree(DATA / "unlabeled", broken.parent)
@@ -197,14 +197,15 @@ def test_bad_launch_settings_are_one_list_and_nothing_is_submitted(tmp_path):
 def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_one():
     """configs/pipeline/infocl_imagenet_voc_coco.yaml's 2-node x 8-GPU launch: against the
     one-node test cluster the only problem is the GPUs (and the nodes that come with them)."""
-    from transfer.executors import cluster_problems
+    from transfer.executors.slurm import cluster_problems
     from transfer.run_file import STAGE_KINDS
     from transfer.spec import load_spec
+    from transfer.stages import build_stages
 
     spec = load_spec(str(REPO / "configs/pipeline/infocl_imagenet_voc_coco.yaml"))
     assert spec.launch.executor == "slurm" and spec.launch.pretrain.nodes == 2
     assert spec.launch.pretrain.gpus_per_node == 8
     launch = spec.launch.model_copy(update={"partition": ""})  # the test cluster's default
-    problems = cluster_problems(launch, STAGE_KINDS)
+    problems = cluster_problems(launch, {s.kind: s.starts for s in build_stages(spec)})
     gpu_kinds = [k for k in STAGE_KINDS if launch.resources(k).gpus_per_node]
     assert len(problems) == len(gpu_kinds) and all("(too few GPUs)" in p for p in problems), problems

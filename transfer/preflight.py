@@ -172,7 +172,7 @@ def _metric_problems(task, cfg) -> list:
 
 def preflight(spec, stages, cluster=()) -> str:
     """Check every input of `stages`; returns a one-line summary, or raises PreflightError
-    listing every problem found (`cluster`: the executor's, transfer/executors.py)."""
+    listing every problem found (`cluster`: the executor's, transfer/executors/)."""
     found, folders, disk = [], {}, 0.0  # found: (stage label, problem)
     archs = {}  # backbone (replicate) name -> its ResNet, where known
     checked_tasks = set()

@@ -174,7 +174,7 @@ Walltime = Annotated[StrictStr, AfterValidator(_walltime)]
 
 
 class Resources(Entry):
-    """What one stage's SLURM job asks for (transfer/executors.py)."""
+    """What one stage's SLURM job asks for (transfer/executors/)."""
 
     nodes: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
     gpus_per_node: Annotated[StrictInt, Field(ge=0, le=64)] = 0
@@ -193,7 +193,7 @@ STAGE_KINDS = ("pretrain", "convert", "probe", "finetune", "evaluate", "report")
 
 class Launch(Entry):
     """Where and how wide the stages run: `local` (this machine, one stage after another) or
-    `slurm` (every stage a job, transfer/executors.py; docs/cluster.md)."""
+    `slurm` (every stage a job, transfer/executors/; docs/cluster.md)."""
 
     executor: Literal["local", "slurm"] = "local"
     num_gpus: Annotated[StrictInt, Field(ge=0, le=1024)] = 0  # local: > 1 torchrun, --num-gpus

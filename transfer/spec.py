@@ -97,7 +97,7 @@ class PipelineSpec:
     external: dict = field(default_factory=dict)  # name -> ExternalBackbone
     run_file: str = ""
     report_name: str = "report"  # REPORT.md, REPORT.html: run files sharing a folder differ
-    launch: Launch = field(default_factory=Launch)  # where the stages run (transfer/executors.py)
+    launch: Launch = field(default_factory=Launch)  # where the stages run (transfer/executors/)
 
     def pretrain_run(self, name: str):
         return next((r for r in self.pretrain if r.name == name), None)

@@ -24,6 +24,7 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ssl2det.distributed import slurm_machines
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.process import die_with_parent
 
@@ -97,6 +98,9 @@ def build_parser():
                         metavar=("NAME", "IMAGE_DIR", "LABEL_DIR"),
                         help="register images + label PNGs (LABEL_DIR/classes.json names the "
                              "classes; see tools/coco_to_semseg.py) (repeatable)")
+    parser.add_argument("--machines-from-slurm", action="store_true",
+                        help="--num-machines, --machine-rank and --dist-url from SLURM's "
+                             "environment (one task per node: `srun --ntasks-per-node 1`)")
     return parser
 
 
@@ -113,6 +117,8 @@ def parse_args(argv=None):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
+    if args.machines_from_slurm:
+        args.num_machines, args.machine_rank, args.dist_url = slurm_machines()
     if args.num_gpus > max(1, torch.cuda.device_count()):
         raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
                           "visible; without GPUs use --num-gpus 1 (the CPU, one process)")

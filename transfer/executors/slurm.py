@@ -1,0 +1,286 @@
+"""`slurm`: every stage that is not complete becomes a SLURM job, submitted through submitit,
+with `afterok` dependencies from the stage graph (a fine-tuning waits for its conversion, a
+conversion for its pretraining, the report for everything), so the whole study is queued in one
+call and independent stages run at once. The job ids are recorded in each stage's record, so a
+second submission leaves queued and running jobs alone and submits only what failed or changed.
+
+A job asks SLURM for a warning signal `signal_delay_s` before its time limit (submitit's
+USR2); the stage, which gets the signal too, writes a checkpoint and stops, and the job is
+requeued (`scontrol requeue`: the same id, its dependents keep waiting) and resumes from it.
+How a stage's processes start decides its tasks: one task per rank (pretraining: N nodes x G
+tasks, DDP from SLURM's environment, ssl2det.distributed), one task per node whose launcher
+starts a process per GPU (fine-tuning: detectron2's --num-machines / --machine-rank /
+--dist-url from SLURM's environment), or one task. srun ends every task of a job when one
+fails (--kill-on-bad-exit), so a dead or hung rank cannot hold the allocation.
+
+Before anything is submitted, `cluster_problems` checks the cluster: sbatch on PATH, the
+partition there, every stage kind's nodes, GPUs, CPUs, memory and time within it. Every problem
+in one list, nothing submitted. docs/cluster.md.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ssl2det.errors import UserError
+from ssl2det.process import start_logged
+
+from ..record import StageRecord
+from ..run_file import STAGE_KINDS, walltime_minutes
+from ..stages import LAUNCHER, RANKS
+from .base import Executor, Phase, RunState, SchedulerError
+
+#: squeue's states of a job that waits to run, and of one that runs (or is ending)
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED",
+          "RESV_DEL_HOLD"}
+RUNNING = {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
+SLURM_FOLDER = "slurm"  # OUTPUT_DIR/slurm/JOBID/: submitit's files of each job
+#: the flag train_net reads its machines from SLURM's environment with (one task per node)
+MACHINES_FROM_SLURM = "--machines-from-slurm"
+
+
+class ClusterError(UserError):
+    """The cluster cannot take the run as its launch: block asks; bad input, exit 2."""
+
+    exit_code = 2
+
+
+def _run(argv) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def job_states(job_ids) -> dict:
+    """{job id: squeue state} of the jobs SLURM still knows (queued, running, or ended within
+    MinJobAge); a job it has forgotten is absent. A SchedulerError when squeue does not answer:
+    its silence must not read as "no jobs"."""
+    ids = sorted({str(j) for j in job_ids if j}, key=lambda j: int(re.sub(r"\D", "", j) or 0))
+    if not ids:
+        return {}
+    what = f"cannot ask SLURM for the state of job(s) {','.join(ids[:5])}" + (
+        "..." if len(ids) > 5 else "")
+    if not shutil.which("squeue"):
+        raise SchedulerError(f"{what}: squeue is not on PATH (run on a machine of the cluster)")
+    try:
+        out = _run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i %T"])
+    except subprocess.CalledProcessError as e:
+        if "Invalid job id" in (e.stderr or ""):  # every id already forgotten
+            return {}
+        raise SchedulerError(f"{what}: {(e.stderr or e.stdout or '').strip()[:300]}") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{what}: squeue did not answer within 60 s") from None
+    states = {}
+    for line in out.splitlines():
+        job, _, state = line.strip().partition(" ")
+        states[job.split("_")[0]] = state
+    return states
+
+
+def _partitions() -> dict:
+    """{partition: {nodes, cpus, memory_mb, gpus, minutes (None: no limit), default}} from
+    sinfo (the largest node of each partition)."""
+    found = {}
+    for line in _run(["sinfo", "-h", "-o", "%P|%D|%c|%m|%G|%l"]).splitlines():
+        name, nodes, cpus, memory, gres, limit = line.strip().split("|")
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        gpus = max([int(n) for n in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres)] or [0])
+        minutes = None if limit in ("infinite", "UNLIMITED") else walltime_minutes(limit)
+        entry = found.setdefault(name, {"nodes": 0, "cpus": 0, "memory_mb": 0, "gpus": 0,
+                                        "minutes": minutes, "default": default})
+        entry["nodes"] += int(nodes)
+        entry["cpus"] = max(entry["cpus"], int(cpus.rstrip("+")))
+        entry["memory_mb"] = max(entry["memory_mb"], int(memory.rstrip("+")))
+        entry["gpus"] = max(entry["gpus"], gpus)
+    return found
+
+
+def tasks_per_node(starts: str, resources) -> int:
+    """Tasks per node: one per rank (one per GPU, or as asked), else one (a launcher starts a
+    process per GPU itself, or the stage is one process)."""
+    if starts == RANKS:
+        return resources.tasks_per_node or max(1, resources.gpus_per_node)
+    return 1
+
+
+def cluster_problems(launch, starts: dict) -> list:
+    """What keeps the cluster from taking the stage kinds of `starts` ({kind: how its processes
+    start}) as `launch` asks; one line per problem, none when it can."""
+    missing = [tool for tool in ("sbatch", "squeue", "sinfo", "scontrol") if not shutil.which(tool)]
+    if missing:
+        return [f"launch: executor slurm, but {', '.join(missing)} not on PATH: run the pipeline "
+                "on a machine of the cluster (a login node), or start the test cluster "
+                "(bash tools/slurm/local_cluster.sh start)"]
+    try:
+        partitions = _partitions()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as e:
+        return [f"launch: sinfo does not answer ({str(e).strip()[:200]}): is slurmctld up?"]
+    name = launch.partition or next((p for p, v in partitions.items() if v["default"]), "")
+    if name not in partitions:
+        return [f"launch.partition: {launch.partition or '(the default)'} does not exist here "
+                f"(sinfo: {', '.join(partitions) or 'no partition'})"]
+    part, problems = partitions[name], []
+    for kind in [k for k in STAGE_KINDS if k in starts]:
+        r = launch.resources(kind)
+        tasks = tasks_per_node(starts[kind], r)
+        asked = (f"launch.{kind} asks {r.nodes} node(s) x {r.gpus_per_node} GPU(s), "
+                 f"{tasks * r.cpus_per_task} CPU(s)" + (f", {r.mem_gb:g} GB" if r.mem_gb else "")
+                 + " per node")
+        has = (f"partition {name} has {part['nodes']} node(s) with at most {part['gpus']} "
+               f"GPU(s), {part['cpus']} CPU(s), {part['memory_mb'] / 1024:.0f} GB")
+        if r.gpus_per_node > part["gpus"]:  # a GPU job on this partition: one line says it
+            problems.append(f"{asked}: {has} (too few GPUs)")
+            continue
+        short = [what for what, fits in (
+            ("nodes", r.nodes <= part["nodes"]), ("CPUs", tasks * r.cpus_per_task <= part["cpus"]),
+            ("memory", not r.mem_gb or r.mem_gb * 1024 <= part["memory_mb"])) if not fits]
+        if short:
+            problems.append(f"{asked}: {has} (too few {', '.join(short)})")
+        if part["minutes"] is not None and walltime_minutes(r.time) > part["minutes"]:
+            problems.append(f"launch.{kind}.time {r.time} exceeds partition {name}'s limit of "
+                            f"{part['minutes']} minutes")
+    return problems
+
+
+class StageJob:
+    """What each task of a stage's SLURM job runs: the stage's command, its output written to
+    the stage's log by the command itself (rank 0; rank k to LOG.rankK). On submitit's warning
+    signal (time limit near, or `scancel --signal=USR2`) the stage, signalled too, writes its
+    checkpoint and stops; `checkpoint` waits for that, and submitit requeues the job, which
+    then resumes. A task that fails records its rank, host, log and exit code (the first to
+    fail: srun then ends the others); on success rank 0 adds the wall time to the record."""
+
+    def __init__(self, command, log, record, label):
+        self.command, self.log, self.record = [str(c) for c in command], str(log), str(record)
+        self.label = label
+        self._proc = None
+
+    def __getstate__(self):  # the running child is not part of a (re)submission
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _proc=None)
+
+    def __call__(self):
+        rank, ranks = int(os.environ.get("SLURM_PROCID", "0")), int(os.environ.get(
+            "SLURM_NTASKS", "1"))
+        log = self.log if rank == 0 else f"{self.log}.rank{rank}"
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        self._proc = start_logged(self.command, log)
+        code = self._proc.wait()
+        record = StageRecord(self.record)
+        if code:
+            if "exit" not in record.read():  # the first failure is the cause
+                record.update(exit=code, failed={"rank": rank, "ranks": ranks, "log": log,
+                                                 "host": socket.gethostname()})
+            raise RuntimeError(f"stage {self.label} failed (exit {code}) in rank {rank}; "
+                               f"its log: {log}")
+        if rank == 0:
+            record.update(seconds=round(time.time() - started, 1), started=started,
+                          finished=time.time())
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit in its signal handler, while __call__ waits for the child."""
+        from submitit.helpers import DelayedSubmission
+
+        if self._proc is not None:
+            # (not Popen.wait: the interrupted wait in __call__ holds its lock)
+            while os.waitpid(self._proc.pid, os.WNOHANG) == (0, 0):
+                time.sleep(0.1)  # its checkpoint is written when it exits
+        return DelayedSubmission(self)
+
+
+class SlurmExecutor(Executor):
+    """Every stage a SLURM job through submitit (the module docstring)."""
+
+    name = "slurm"
+    detached = True
+
+    def __init__(self, launch, root):
+        self.launch, self.root = launch, Path(root)
+
+    def problems(self, stages) -> list:
+        return cluster_problems(self.launch, {s.kind: s.starts for s in stages})
+
+    def live_runs(self, stages) -> dict:
+        jobs = {stage.key: str(stage.record.run["id"]) for stage in stages}
+        states = job_states(jobs.values())
+        found = {}
+        for key, job in jobs.items():
+            state = states.get(job)
+            if state in QUEUED or state in RUNNING:
+                found[key] = RunState(Phase.QUEUED if state in QUEUED else Phase.RUNNING,
+                                      f"job {job}", cancel=f"scancel {job}", run_id=job,
+                                      by=self.name)
+            elif state:
+                found[key] = RunState(Phase.FAILED, f"job {job}", state.lower(), run_id=job,
+                                      by=self.name)
+        return found
+
+    def command(self, stage) -> list:
+        """The command of one task of the stage's job."""
+        r = self.launch.resources(stage.kind)
+        if stage.starts == LAUNCHER:
+            return stage.command(r.gpus_per_node, [MACHINES_FROM_SLURM] if r.nodes > 1 else [])
+        return stage.command(1)
+
+    def _executor(self, stage, dependencies):
+        import submitit
+
+        r = self.launch.resources(stage.kind)
+        executor = submitit.SlurmExecutor(folder=str(self.root / SLURM_FOLDER / "%j"),
+                                          max_num_timeout=self.launch.max_requeues)
+        extra = {**self.launch.sbatch}
+        if dependencies:
+            extra.update({"dependency": "afterok:" + ":".join(dependencies),
+                          "kill-on-invalid-dep": "yes"})
+        if self.launch.account:
+            extra["account"] = self.launch.account
+        if r.mem_gb:
+            extra["mem"] = f"{int(r.mem_gb * 1024)}M"
+        executor.update_parameters(
+            job_name=f"ssl2det-{stage.kind}", nodes=r.nodes,
+            ntasks_per_node=tasks_per_node(stage.starts, r), cpus_per_task=r.cpus_per_task,
+            time=walltime_minutes(r.time), signal_delay_s=self.launch.signal_delay_s,
+            setup=list(self.launch.setup), additional_parameters=extra,
+            srun_args=["--kill-on-bad-exit=1"],
+            **({"gpus_per_node": r.gpus_per_node} if r.gpus_per_node else {}),
+            **({"partition": self.launch.partition} if self.launch.partition else {}),
+            **({"qos": self.launch.qos} if self.launch.qos else {}))
+        return executor
+
+    def start(self, stage, after, fingerprint, prefix=""):
+        command = [str(c) for c in self.command(stage)]
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        job = str(self._executor(stage, after).submit(
+            StageJob(command, stage.log_path, stage.record.path, stage.label)).job_id)
+        stage.record.write(hash=fingerprint, command=command, config=stage.effective_config(),
+                           run={"executor": self.name, "id": job})
+        print(f"{prefix}: SLURM job {job}" + (f" after {', '.join(after)}" if after else ""),
+              flush=True)
+        return job
+
+    def cancel(self, run_ids) -> None:
+        if run_ids:
+            subprocess.run(["scancel", *run_ids], capture_output=True)
+
+    def describe(self, stage, after) -> str:
+        """The sbatch script submitit would write (its job ids for the dependencies)."""
+        executor = self._executor(stage, after)
+        # submitit's own text of the script (a private method: tests/test_pipeline.py's
+        # dry-run test fails if a submitit release changes it)
+        script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+        return (f"  command of each task: {shlex.join(map(str, self.command(stage)))}\n"
+                f"  log: {stage.log_path}\n" + "".join(f"  | {line}\n" for line in
+                                                        script.splitlines()))
+
+    def report_started(self, started, live, seconds, report):
+        print(f"[pipeline] submitted {len(started)} SLURM job(s) in {seconds:.1f} s"
+              + (f", {len(live)} already queued or running" if live else "") + "; follow them "
+              f"with --status or --wait; the report: {report}", flush=True)
