@@ -26,12 +26,14 @@ LAYERS = (
      "transfer.metrics", "transfer.layout", "transfer.run_file", "transfer.spec"),
     ("transfer.config", "transfer.checkpoint", "transfer.visualize", "transfer.record"),
     ("transfer.trainer",),
-    ("transfer.train_net", "transfer.report"),  # entry point; the report reads the run layout
+    ("transfer.train_net", "transfer.report",  # entry point; the report reads the run layout
+     "transfer.benchmark"),  # both stages' speed against their peers
     ("transfer.stages",),  # what each kind of stage runs, produces and is made from
     ("transfer.preflight",  # checks a run's inputs as train_net will read them
      "transfer.executors"),  # where the stages run: the interface, local, slurm, dry run
     ("transfer.plan",),  # what to do with each stage, handed to an executor
-    ("transfer", "transfer.pipeline"),  # the command line
+    ("transfer", "transfer.pipeline",  # the command line
+     "transfer.study"),  # a pipeline of pretraining and probe stages
 )
 
 
@@ -73,6 +75,50 @@ def _imports(name, path, modules):
 def graph():
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+#: what only the executors may name: SLURM's job states and commands, an executor's name in a
+#: comparison (code elsewhere never asks which executor it has)
+SCHEDULER_WORDS = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CANCELLED", "TIMEOUT",
+                   "NODE_FAIL", "scancel", "squeue", "sbatch", "scontrol", "sinfo", "srun"}
+EXECUTOR_NAMES = {"local", "slurm"}
+MAX_MODULE_LINES, MAX_TOOL_LINES = 450, 150
+
+
+def _scheduler_words(path) -> list:
+    """Where a module outside the executors names a scheduler word or compares with an
+    executor's name (string constants only: prose in docstrings and comments is fine)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and node.value in SCHEDULER_WORDS:
+            found.append(f"{path.name}:{node.lineno} {node.value!r}")
+        if isinstance(node, ast.Compare):
+            for side in [node.left, *node.comparators]:
+                if isinstance(side, ast.Constant) and side.value in EXECUTOR_NAMES:
+                    found.append(f"{path.name}:{node.lineno} compares with {side.value!r}")
+    return found
+
+
+def test_only_the_executors_know_which_executor_runs_and_what_slurm_says():
+    outside = [path for name, path in _modules().items()
+               if not (name == "transfer.executors" or name.startswith("transfer.executors."))]
+    assert [hit for path in outside for hit in _scheduler_words(path)] == []
+
+
+def test_the_check_sees_a_slurm_state_and_an_executor_branch(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('if executor.name == "local":\n    state = "PENDING"\n')
+    assert _scheduler_words(module) == ["m.py:1 compares with 'local'", "m.py:2 'PENDING'"]
+
+
+def test_modules_and_tools_stay_small():
+    """A library module does one job (no more than 450 lines); a tool is an entry point over
+    the packages (no more than 150), as detectron2's tools/ are."""
+    long = [f"{p.relative_to(REPO)}: {n}" for p in _modules().values()
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    long += [f"{p.relative_to(REPO)}: {n}" for p in (REPO / "tools").glob("*.py")
+             if (n := len(p.read_text().splitlines())) > MAX_TOOL_LINES]
+    assert long == []
 
 
 def _layer(module):

@@ -2,7 +2,6 @@
 offline set-up (tools/install/setup_env.py --find-links/--no-index, a kept older torch) and the
 device script (tools/device/run.sh) with the same commands at tiny settings."""
 
-import importlib.util
 import json
 import os
 import re
@@ -10,26 +9,12 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from conftest import REPO
-
-
-def _load(path: Path, name: str):
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(path.parent))
-
-
-pack = _load(REPO / "tools/device/pack.py", "device_pack")
-setup_env = _load(REPO / "tools/install/setup_env.py", "setup_env")
+from tools.device import pack  # the repository is on pytest's path (pytest.ini)
+from tools.install import detectron2_fallback, setup_env
 
 
 def _wheel(folder: Path, name: str, requires: list) -> Path:
@@ -95,13 +80,12 @@ def test_pip_gets_the_local_wheel_folder_and_no_index(tmp_path):
 
 
 def test_detectron2_sdist_is_taken_from_the_local_folder(tmp_path):
-    fallback = _load(REPO / "tools/install/detectron2_fallback.py", "detectron2_fallback")
     local = tmp_path / "pack" / "wheels"
     local.mkdir(parents=True)
-    name = f"{fallback.SDIST_NAME}-{fallback.SDIST_VERSION}.tar.gz"
+    name = f"{detectron2_fallback.SDIST_NAME}-{detectron2_fallback.SDIST_VERSION}.tar.gz"
     (local / name).write_bytes(b"sdist bytes")
     python = "/nonexistent/python"  # pip must not be run: the folder has it
-    got = fallback.download_sdist(python, tmp_path / "cache", tmp_path / "log", search=tmp_path / "pack")
+    got = detectron2_fallback.download_sdist(python, tmp_path / "cache", tmp_path / "log", search=tmp_path / "pack")
     assert got == tmp_path / "cache" / name and got.read_bytes() == b"sdist bytes"
 
 

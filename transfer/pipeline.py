@@ -43,7 +43,7 @@ import time
 from ssl2det.errors import one_line_errors
 from ssl2det.output_dir import claim_output_dir, refuse_if_busy
 
-from .executors import build_executor
+from .executors import EXECUTORS, build_executor
 from .plan import carry_out, make_plan, status_line
 from .preflight import preflight
 from .spec import PipelineError, load_spec
@@ -132,7 +132,7 @@ def main(argv=None, description=__doc__):
                         help="the pre-flight, then print each stage that would run with its job "
                              "(command, resources, dependencies; the sbatch script under slurm); "
                              "start, submit and write nothing")
-    parser.add_argument("--executor", choices=("local", "slurm"),
+    parser.add_argument("--executor", choices=sorted(EXECUTORS),
                         help="where the stages run (default: the run file's launch.executor, "
                              "else local); docs/cluster.md")
     parser.add_argument("--wait", action="store_true",

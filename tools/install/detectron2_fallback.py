@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssl2det.process import run_logged  # standard library only (setup_env.py puts it on the path)
+from ssl2det.process import run_logged  # standard library only
 
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"

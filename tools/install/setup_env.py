@@ -28,11 +28,12 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# a sibling file, and the project's process runner (ssl2det/process.py, standard library only):
-# nothing is installed yet
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
-import detectron2_fallback  # noqa: E402
+# run as a script: the repository on the path for the sibling module and the project's process
+# runner (ssl2det/process.py, standard library only): nothing is installed yet
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 from ssl2det.process import log_tail, run_logged  # noqa: E402
+from tools.install import detectron2_fallback  # noqa: E402
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 #: The oldest torch an existing interpreter may bring (--python): the project is tested on 2.14
 #: and on the GPU image's 2.11 (docs/performance.md#gpu-runs).

@@ -7,7 +7,7 @@ from .dry_run import DryRunExecutor
 from .local import LocalExecutor, echo_progress
 from .slurm import ClusterError, SlurmExecutor
 
-__all__ = ["ClusterError", "DryRunExecutor", "Executor", "LocalExecutor", "Phase", "RunState",
+__all__ = ["EXECUTORS", "ClusterError", "DryRunExecutor", "Executor", "LocalExecutor", "Phase", "RunState",
            "SchedulerError", "SlurmExecutor", "build_executor", "echo_progress"]
 
 
