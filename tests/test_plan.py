@@ -112,7 +112,7 @@ def test_a_stale_stage_is_set_aside_and_runs_or_is_kept_and_the_report_follows_i
     a.record.write(hash="made-from-other-inputs")
     report = FakeStage(a.folder.parent, "report", [s.key for s in stages])
     report.reruns_with_upstream = True
-    report.finish("hreport")
+    report.finish("made-from-a-before")  # its hash follows a's: stale too, but never kept
     hashes[report.key] = "hreport"
     executor = FakeExecutor()
     plan, _ = _plan([*stages, report], hashes, executor, keep_stale=True)

@@ -46,7 +46,7 @@ def make_plan(stages, hashes, states, executor, keep_stale=False) -> Plan:
         # by hand, e.g. on several machines): the stage runs over them, and its own --resume
         # refuses them if their config differs.
         set_aside = stage.has_outputs() and not current and recorded is not None
-        if set_aside and keep_stale and stage.is_complete():
+        if set_aside and keep_stale and stage.is_complete() and not follows:
             print(f"{prefix}: STALE (its inputs changed since it ran), kept as asked", flush=True)
             plan.stale.append(stage.key)
             changed.add(stage.key)
