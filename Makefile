@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 ENV_PY := $(VENV)/bin/python
 
-.PHONY: install install-test demo test env clean device-pack
+.PHONY: install install-test demo test test-fast env clean device-pack
 
 ## install: create .venv with torch, torchvision, detectron2 and this project (idempotent)
 install:
@@ -21,6 +21,10 @@ demo: install
 ## test: set up (with test dependencies) and run the whole test suite
 test: install-test
 	$(ENV_PY) -m pytest tests
+
+## test-fast: the unit tests only (no training run, no cluster): the inner loop, about 2 minutes
+test-fast: install-test
+	$(ENV_PY) -m pytest tests -m "not slow and not slurm"
 
 ## device-pack: fill .device/ (ignored) for a lent GPU machine: wheels, detectron2's sdist, data
 ##              (tools/device/pack.py; the call: docs/performance.md#gpu-runs)

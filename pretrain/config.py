@@ -158,9 +158,15 @@ _C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16", or "float16" (with a gradient sc
 
 _C.DIST = CN()
 # Seconds a process waits in a collective for the others. A rank that dies is noticed at once
-# (its connections close); this bounds the wait for one that hangs. Must exceed the longest
-# rank-0-only pause (checkpoint writing). Ours: 1800, torch's default.
-_C.DIST.TIMEOUT_S = 1800
+# (its connections close); this bounds the wait for one that hangs, which holds every GPU of
+# the job meanwhile. It must exceed the longest pause of one rank alone: writing an R50
+# checkpoint (seconds), rank 0 listing DATA.ROOT for the file index while the others wait (about
+# 3 s for 1.28M files on tmpfs, minutes on a slow network file system). Ours: 600 (NCCL's own
+# default in torch), not torch's 1800 for gloo: a hung rank costs 10 minutes of the job, not 30.
+_C.DIST.TIMEOUT_S = 600
+# The network interface the process group uses (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME); empty:
+# the one whose address reaches MASTER_ADDR (ssl2det.distributed.choose_interface). Ours.
+_C.DIST.SOCKET_IFNAME = ""
 
 _C.KNN = CN()
 _C.KNN.ENABLED = True  # needs DATA.VAL_ROOT

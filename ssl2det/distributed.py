@@ -6,15 +6,29 @@ with `gather_with_grad` (whose backward sums the gradient from all ranks and ret
 slice), and DDP averages the parameter gradients. tests/test_distributed.py checks it.
 """
 
+import array
 import datetime
+import errno
+import fcntl
+import logging
 import os
 import re
+import socket
+import struct
+import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
+_SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+
+
+class UnreachableMasterError(UserError):
+    """This rank cannot reach the address the process group meets at (exit 1)."""
 
 
 def is_distributed() -> bool:
@@ -82,12 +96,88 @@ def slurm_machines() -> tuple:
             f"tcp://{host}:{port}")
 
 
-def init_distributed(device_type: str, timeout_s: float = 1800.0):
+def _interface_addresses() -> dict:
+    """{IPv4 address: interface name} of this machine's (this network namespace's) interfaces."""
+    found = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            request = array.array("B", struct.pack("256s", name.encode()[:15]))
+            try:
+                fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)
+            except OSError:  # no IPv4 address
+                continue
+            found[socket.inet_ntoa(request.tobytes()[20:24])] = name
+    return found
+
+
+def route_to(host: str, port: int) -> tuple:
+    """(interface, local address) this machine reaches `host` over: the kernel's route, asked
+    with a UDP socket (no packet is sent). An UnreachableMasterError when there is none."""
+    try:
+        address = socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((address, port))
+            local = s.getsockname()[0]
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise UnreachableMasterError(f"{socket.gethostname()} cannot reach the master {host}:{port} "
+                                     f"({why}): is MASTER_ADDR an address of this network?") from None
+    return _interface_addresses().get(local, "lo" if local.startswith("127.") else "?"), local
+
+
+def _probe_master(host: str, port: int, interface: str, rank: int, seconds: float) -> None:
+    """A connection to the master within `seconds`: refused is fine (its store may not listen
+    yet; the host answered), no answer or no route is an UnreachableMasterError, not a hang."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=max(0.5, deadline - time.monotonic())
+                                     ).close()
+            return
+        except ConnectionRefusedError:
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline or e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                raise UnreachableMasterError(
+                    f"rank {rank} on {socket.gethostname()} cannot reach {host}:{port} over "
+                    f"{interface} ({e.strerror or 'no answer'} within {seconds:g} s): the nodes "
+                    "need a network in common; force one with DIST.SOCKET_IFNAME") from None
+            time.sleep(0.2)
+
+
+def choose_interface(host: str, port: int, rank: int, forced: str = "",
+                     probe_s: float = 10.0) -> dict:
+    """Before the process group forms: the interface whose address reaches the master (the
+    route to MASTER_ADDR), or `forced`, set as GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME unless
+    the user set them, and logged. gloo and NCCL otherwise take the address the host name
+    resolves to, which on a machine with several networks may be one the other nodes cannot
+    reach: the rendezvous then hangs until its time-out. Returns {host, address, interface}."""
+    interface, address = route_to(host, port)
+    if forced:
+        interface = forced
+        address = next((a for a, n in _interface_addresses().items() if n == forced), "?")
+    for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        if os.environ.get(variable):
+            logger.info(f"rank {rank}: {variable}={os.environ[variable]} as set")
+        else:
+            os.environ[variable] = interface
+    if rank:
+        _probe_master(host, port, interface, rank, probe_s)
+    logger.info(f"rank {rank} on {socket.gethostname()}: master {host}:{port} over "
+                f"{os.environ['GLOO_SOCKET_IFNAME']} ({address})")
+    return {"host": socket.gethostname(), "address": address,
+            "interface": os.environ["GLOO_SOCKET_IFNAME"]}
+
+
+def init_distributed(device_type: str, timeout_s: float = 600.0, socket_ifname: str = ""):
     """Join the process group described by the environment; returns (rank, world, local_rank).
 
     `timeout_s` bounds every collective: a rank whose peer hangs raises after it instead of
-    waiting forever (a peer that dies is noticed at once: its connections close).
+    waiting forever (a peer that dies is noticed at once: its connections close). The network
+    interface is chosen first (`choose_interface`; `socket_ifname` forces one); where this
+    rank runs is in `this_rank_address()`.
     """
+    global _THIS_RANK
     rank, world, local = ranks_from_environment()
     if world > 1 and "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
         if "MASTER_ADDR" not in os.environ:  # the job's first node, as every task computes it
@@ -96,12 +186,23 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0):
             os.environ.setdefault("MASTER_PORT", str(port))
         os.environ.setdefault("MASTER_PORT", "29500")
     if world > 1 and not is_distributed():
+        _THIS_RANK = choose_interface(os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                                      int(os.environ.get("MASTER_PORT", "29500")), rank,
+                                      socket_ifname)
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return rank, world, local
+
+
+_THIS_RANK = {}
+
+
+def this_rank_address() -> dict:
+    """{host, address, interface} this rank joined its process group from ({} alone)."""
+    return dict(_THIS_RANK)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from helpers import run
 
 SETUP = REPO / "tools" / "install" / "setup_env.py"
 PROBE = REPO / "tools" / "install" / "probe.py"
@@ -33,8 +34,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _run(args, **kwargs):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    return run(["python", *args], timeout=600, **kwargs)
 
 
 def test_packages_import_and_report():

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+from helpers import one_line_error, run
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
@@ -28,17 +29,6 @@ VOC_CPU = ["--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "INPUT.MIN_SIZE_TRAIN", "(128,)",
            "INPUT.MAX_SIZE_TRAIN", "160", "TEST.PRECISE_BN.ENABLED", "False",
            "DATALOADER.NUM_WORKERS", "0"]
-
-
-def _run(cmd, **kwargs):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kwargs)
-
-
-def _one_line_error(result, code, *fragments):
-    assert result.returncode == code, (result.stdout + result.stderr)[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr[-3000:]
 
 
 def _wait_for(condition, what, timeout_s=300):
@@ -99,8 +89,8 @@ def test_config_files_are_read_as_plain_data_in_both_stages_and_the_pipeline(tmp
 
 def test_train_net_refuses_a_code_carrying_config_in_one_line(tmp_path):
     marker, files = _code_carrying_configs(tmp_path)
-    result = _run(TRAIN_NET + ["--config-file", str(files[0]), "OUTPUT_DIR", str(tmp_path / "o")])
-    _one_line_error(result, 2, "base.yaml, line 1", "is refused")
+    result = run(TRAIN_NET + ["--config-file", str(files[0]), "OUTPUT_DIR", str(tmp_path / "o")])
+    one_line_error(result, 2, "base.yaml, line 1", "is refused")
     assert not marker.exists()
 
 
@@ -141,11 +131,11 @@ def held_folder(tmp_path):
 @pytest.mark.slow
 def test_a_second_run_in_a_held_folder_stops_naming_the_holder(held_folder, shared_data):
     folder, holder = held_folder
-    pretrain = _run(PRETRAIN + ["--resume"] + TINY_PRETRAIN + [
+    pretrain = run(PRETRAIN + ["--resume"] + TINY_PRETRAIN + [
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "OUTPUT_DIR", str(folder)])
-    _one_line_error(pretrain, 2, f"is in use by process {holder.pid}")
-    train_net = _run(TRAIN_NET + VOC_CPU + ["--resume", "OUTPUT_DIR", str(folder)])
-    _one_line_error(train_net, 2, f"is in use by process {holder.pid}")
+    one_line_error(pretrain, 2, f"is in use by process {holder.pid}")
+    train_net = run(TRAIN_NET + VOC_CPU + ["--resume", "OUTPUT_DIR", str(folder)])
+    one_line_error(train_net, 2, f"is in use by process {holder.pid}")
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # neither wrote anything
 
     holder.kill()
@@ -192,7 +182,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resume_continues_after_it(shared_da
     saved = torch.load(out / f"model_{iteration:07d}.pth", weights_only=True)
     assert saved["iteration"] == iteration and "--resume" in line
 
-    resumed = _run(PRETRAIN + ["--resume"] + args[:-4] + ["SOLVER.MAX_ITER", str(iteration + 3),
+    resumed = run(PRETRAIN + ["--resume"] + args[:-4] + ["SOLVER.MAX_ITER", str(iteration + 3),
                                                          "OUTPUT_DIR", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"continuing at iteration {iteration + 1}" in resumed.stdout + resumed.stderr
@@ -264,18 +254,18 @@ def test_a_resume_refuses_a_changed_model_or_optimiser_and_lists_allowed_changes
 @pytest.mark.slow
 def test_stage_two_resume_refuses_another_model(tmp_path):
     out = tmp_path / "run"
-    first = _run(TRAIN_NET + VOC_CPU + ["SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)])
+    first = run(TRAIN_NET + VOC_CPU + ["SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)])
     assert first.returncode == 0, first.stderr[-3000:]
-    changed = _run(TRAIN_NET + VOC_CPU + ["--resume", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    changed = run(TRAIN_NET + VOC_CPU + ["--resume", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
                                           "MODEL.RESNETS.DEPTH", "101", "OUTPUT_DIR", str(out)])
-    _one_line_error(changed, 2, "MODEL.RESNETS.DEPTH 50 -> 101",
+    one_line_error(changed, 2, "MODEL.RESNETS.DEPTH 50 -> 101",
                     "MODEL.ROI_HEADS.NUM_CLASSES 1 -> 3")
 
     # without the config of the earlier run to compare with, the weights must still fit
     (out / "config.yaml").unlink()
-    changed = _run(TRAIN_NET + VOC_CPU + ["--resume", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    changed = run(TRAIN_NET + VOC_CPU + ["--resume", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
                                           "OUTPUT_DIR", str(out)])
-    _one_line_error(changed, 2, "does not fit this model", "roi_heads.box_predictor")
+    one_line_error(changed, 2, "does not fit this model", "roi_heads.box_predictor")
 
 
 # --- file names, exploding weights -----------------------------------------------------------
@@ -414,11 +404,11 @@ def test_writes_into_an_unwritable_folder_and_killed_writes_are_one_line_and_cle
 
 @pytest.mark.slow
 def test_output_dirs_on_a_read_only_file_system_are_one_line(read_only_dir, shared_data):
-    pretrain = _run(PRETRAIN + TINY_PRETRAIN + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
+    pretrain = run(PRETRAIN + TINY_PRETRAIN + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
                                                 "OUTPUT_DIR", str(read_only_dir)])
-    _one_line_error(pretrain, 2, f"OUTPUT_DIR {read_only_dir} cannot be written")
-    stage_two = _run(TRAIN_NET + VOC_CPU + ["OUTPUT_DIR", str(read_only_dir / "run")])
-    _one_line_error(stage_two, 2, f"OUTPUT_DIR {read_only_dir / 'run'} cannot be created")
+    one_line_error(pretrain, 2, f"OUTPUT_DIR {read_only_dir} cannot be written")
+    stage_two = run(TRAIN_NET + VOC_CPU + ["OUTPUT_DIR", str(read_only_dir / "run")])
+    one_line_error(stage_two, 2, f"OUTPUT_DIR {read_only_dir / 'run'} cannot be created")
 
 
 @pytest.mark.parametrize("content, message", [(None, "classes.json not found"),
@@ -527,8 +517,8 @@ def test_a_full_disk_during_a_checkpoint_write_leaves_the_old_file_and_one_line(
               "'model_0000001', iteration=2)\n"
               "except UserError as e:\n"
               "    print(f'error: {e}', file=sys.stderr); sys.exit(1)\n")
-    result = _run([sys.executable, "-c", writer], cwd=REPO)
-    _one_line_error(result, 1, "cannot write", "model_0000001.pth", "Nothing partial was left")
+    result = run([sys.executable, "-c", writer], cwd=REPO)
+    one_line_error(result, 1, "cannot write", "model_0000001.pth", "Nothing partial was left")
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -121,7 +121,7 @@ def test_preflight_lists_every_missing_input_before_any_stage_starts(tmp_path):
          "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]}))
     check = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(good), "--check"],
                            capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert check.returncode == 0 and "1 stage, every input found" in check.stdout
+    assert check.returncode == 0 and "2 stages, every input found" in check.stdout  # and the report
     assert f"{DATA / 'unlabeled'} (" in check.stdout and not out.exists()
 
 

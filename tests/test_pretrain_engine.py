@@ -11,22 +11,19 @@ import pytest
 import torch
 
 from conftest import REPO
+from helpers import load_checkpoint, run
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 
 
-def _run(args, **kwargs):
-    return subprocess.run(PRETRAIN + args, capture_output=True, text=True, timeout=900, **kwargs)
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _pretrain(args, **kwargs):
+    return run(PRETRAIN + args, **kwargs)
 
 
 @pytest.mark.slow
 def test_one_epoch_simclr_r18_on_cifar10_small_writes_every_output(shared_data, tmp_path):
     out = tmp_path / "run"
-    result = _run(["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
+    result = _pretrain(["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                    "DATA.ROOT", str(shared_data / "cifar10-small/test"),
                    "DATA.VAL_ROOT", str(shared_data / "cifar10-small/test"),
                    "OUTPUT_DIR", str(out), "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "50",
@@ -44,7 +41,7 @@ def test_one_epoch_simclr_r18_on_cifar10_small_writes_every_output(shared_data, 
     for r in rows:
         assert {"iteration", "loss", "lr", "data_time", "time"} <= r.keys()
     assert 0 <= rows[-1]["knn_top1"] <= 100
-    final = _load(out / "model_final.pth")
+    final = load_checkpoint(out / "model_final.pth")
     assert final["run_state"]["meta"]["arch"] == "resnet18"
     assert "encoder.layer4.1.conv2.weight" in final["model"]
 
@@ -59,7 +56,7 @@ def test_one_epoch_simclr_r18_on_cifar10_small_writes_every_output(shared_data, 
     (["SOLVER.BATCH_SIZE"], "KEY VALUE pairs"),
 ])
 def test_bad_config_gets_one_clear_message_and_no_traceback(overrides, message, tmp_path):
-    result = _run(["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
+    result = _pretrain(["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                    "OUTPUT_DIR", str(tmp_path), *overrides])
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
@@ -100,7 +97,7 @@ def test_two_cpu_processes_through_the_launcher(shared_data, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1] and "knn_top1" in rows[-1]
     assert all(math.isfinite(r["loss_jigsaw"]) for r in rows)
-    state = _load(out / "model_final.pth")["model"]
+    state = load_checkpoint(out / "model_final.pth")["model"]
     assert "encoder.bn1.running_mean" in state
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+from helpers import load_checkpoint, run
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
@@ -27,16 +28,8 @@ MOCO = ["--config-file", str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"),
         "INPUT.JIGSAW.ENABLED", "True", "INPUT.JIGSAW.SIZE", "24", "INPUT.JIGSAW.PATCH", "8"]
 
 
-def _run(cmd, **kwargs):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kwargs)
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _assert_same_final_state(a_dir, b_dir):
-    a, b = _load(a_dir / "model_final.pth"), _load(b_dir / "model_final.pth")
+    a, b = load_checkpoint(a_dir / "model_final.pth"), load_checkpoint(b_dir / "model_final.pth")
     assert a["iteration"] == b["iteration"]
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:  # weights, BN statistics, MoCo queue and momentum encoder
@@ -74,11 +67,11 @@ class CodeCarrier:
 # --- kills and damaged checkpoints: pretraining ----------------------------------------------
 
 @pytest.fixture(scope="module")
-def uninterrupted_run(shared_data, tmp_path_factory):
+def uninterruptedrun(shared_data, tmp_path_factory):
     """MoCo v2 with the jigsaw branch (optimiser, queue, momentum encoder, the jigsaw's orders:
     every kind of state), 6 iterations."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(PRETRAIN + MOCO + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
+    result = run(PRETRAIN + MOCO + ["DATA.ROOT", str(shared_data / "cifar10-small/test"),
                                      "SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     yield out
@@ -103,7 +96,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(
         pytest.fail("could not kill the run between its 4th and 6th iteration in 3 attempts")
     assert not (killed / "model_final.pth").exists()
 
-    resumed = _run(PRETRAIN + ["--resume"] + args + ["OUTPUT_DIR", str(killed)])
+    resumed = run(PRETRAIN + ["--resume"] + args + ["OUTPUT_DIR", str(killed)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing at iteration 4" in resumed.stdout
     _assert_same_final_state(uninterrupted_run, killed)
@@ -135,8 +128,8 @@ def test_random_sigkills_also_inside_checkpoint_writes_lose_nothing(
         proc.wait()
         kills += 1
         for path in out.glob("*.pth"):  # no checkpoint is ever half-written
-            assert "model" in _load(path), path
-    final = _run(args)
+            assert "model" in load_checkpoint(path), path
+    final = run(args)
     assert final.returncode == 0, final.stderr[-3000:]
     assert kills >= 2, "the runs finished before they could be killed twice"
     assert not list(out.glob(".*.tmp")), "a resume leaves no unfinished temporary file behind"
@@ -152,7 +145,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
         (out / name).unlink()
     (out / "last_checkpoint").write_text("model_0000003.pth")
     _damage(out / "model_0000003.pth")
-    resumed = _run(PRETRAIN + ["--resume"] + MOCO + [
+    resumed = run(PRETRAIN + ["--resume"] + MOCO + [
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "SOLVER.CHECKPOINT_PERIOD", "2",
         "OUTPUT_DIR", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -180,7 +173,7 @@ def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_file_whole(tmp_pat
     assert child.returncode == -signal.SIGKILL
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
     assert list(tmp_path.glob(".model_0000001.pth.*.tmp")), "the unfinished write is a temp file"
-    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
+    assert checkpointer.resume_orload_checkpoint("", resume=True)["iteration"] == 1
     assert not list(tmp_path.glob(".*.tmp")), "a resume removes what the killed write left"
 
 
@@ -189,7 +182,7 @@ def test_a_kill_inside_the_first_checkpoint_write_is_cleaned_up_by_the_resume(tm
     from pretrain.engine.checkpoint import AtomicCheckpointer
 
     (tmp_path / ".model_0000000.pth.abc123.tmp").write_bytes(b"x" * 1000)
-    assert AtomicCheckpointer(torch.nn.Linear(3, 3), str(tmp_path)).resume_or_load(
+    assert AtomicCheckpointer(torch.nn.Linear(3, 3), str(tmp_path)).resume_orload_checkpoint(
         "", resume=True) == {}
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -221,14 +214,14 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_code(bad, tmp_path, c
     if bad == "no checkpoint left":
         with pytest.raises(CheckpointError, match="no usable checkpoint in .*model_0000003.pth, "
                                                   "model_0000001.pth"):
-            checkpointer.resume_or_load("", resume=True)
+            checkpointer.resume_orload_checkpoint("", resume=True)
         return
-    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
+    assert checkpointer.resume_orload_checkpoint("", resume=True)["iteration"] == 1
     assert "model_0000003.pth cannot be loaded" in caplog.text
     assert not marker.exists(), "unpickling ran the file's code"
 
 
-def test_resume_refuses_instead_of_skipping_a_checkpoint_of_another_run(tmp_path):
+def test_resume_refuses_instead_of_skipping_a_checkpoint_of_anotherrun(tmp_path):
     from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
     from ssl2det.io import CheckpointError
 
@@ -238,7 +231,7 @@ def test_resume_refuses_instead_of_skipping_a_checkpoint_of_another_run(tmp_path
     AtomicCheckpointer(model, str(tmp_path), run_state=RunState(dict(mine, arch="resnet50"))).save(
         "model_0000003")
     with pytest.raises(CheckpointError, match="arch was 'resnet50', now 'resnet18'"):
-        AtomicCheckpointer(model, str(tmp_path), expected_meta=mine).resume_or_load("")
+        AtomicCheckpointer(model, str(tmp_path), expected_meta=mine).resume_orload_checkpoint("")
 
 
 def test_stage_two_loads_refuse_code_in_pkl_and_pth_files(tmp_path):
@@ -281,7 +274,7 @@ def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
     _sigkill_when_written(proc, out / "model_0000003.pth")
     assert not (out / "model_final.pth").exists()
     for path in out.glob("*.pth"):
-        assert "model" in _load(path), path
+        assert "model" in load_checkpoint(path), path
     newest = out / (out / "last_checkpoint").read_text()
     _damage(newest)
     # The kill may land before or after last_checkpoint names the newest complete file; either
@@ -289,12 +282,12 @@ def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
     previous_iteration = max(int(p.stem.split("_")[1]) for p in out.glob("model_*.pth")
                              if p != newest)
 
-    resumed = _run(args[:2] + ["--resume"] + args[2:])
+    resumed = run(args[:2] + ["--resume"] + args[2:])
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-4000:]
     assert f"{newest.name} cannot be loaded" in log and "Trying the previous checkpoint" in log
     assert f"Starting training from iteration {previous_iteration + 1}" in log
-    assert _load(out / "model_final.pth")["iteration"] == 7
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == 7
 
 
 # --- bad images ------------------------------------------------------------------------------
@@ -357,14 +350,14 @@ def test_pretraining_over_bad_images_finishes_or_stops_clearly(folder_with_bad_i
                          "DATA.ROOT", str(folder_with_bad_images), "DATA.VAL_ROOT", "",
                          "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "15", "SOLVER.EPOCHS", "1",
                          "DATA.NUM_WORKERS", "2", "LOG_PERIOD", "1"]
-    skipped = _run(common + ["OUTPUT_DIR", str(tmp_path / "skip")])
+    skipped = run(common + ["OUTPUT_DIR", str(tmp_path / "skip")])
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert "skipping unreadable image" in skipped.stdout + skipped.stderr
     assert "4 files of DATA.ROOT were skipped" in skipped.stdout
     listed = (tmp_path / "skip/bad_images.txt").read_text()
     assert all(name in listed for name in UNREADABLE)
 
-    fatal = _run(common + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATA.BAD_IMAGES", "error"])
+    fatal = run(common + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATA.BAD_IMAGES", "error"])
     assert fatal.returncode == 1
     assert "cannot be decoded" in fatal.stderr and "DATA.BAD_IMAGES skip" in fatal.stderr
     assert "Traceback" not in fatal.stderr
@@ -402,19 +395,19 @@ def test_train_net_skips_an_unusable_image_or_stops_clearly(tmp_path):
         "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "1"]
     args = common + ["DATASETS.TRAIN", '("tiny_train",)', "DATASETS.TEST", "()",
                      "SOLVER.MAX_ITER", "3"]
-    skipped = _run(args + ["OUTPUT_DIR", str(tmp_path / "skip")])
+    skipped = run(args + ["OUTPUT_DIR", str(tmp_path / "skip")])
     assert skipped.returncode == 0, (skipped.stdout + skipped.stderr)[-3000:]
     assert "skipping unreadable image" in skipped.stdout + skipped.stderr
     listed = (tmp_path / "skip/bad_images.txt").read_text()
     assert f"{names[1]}.jpg" in listed and f"{names[2]}.jpg\tSizeMismatchError" in listed
 
-    fatal = _run(args + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATALOADER.BAD_IMAGES", "error"])
+    fatal = run(args + ["OUTPUT_DIR", str(tmp_path / "fatal"), "DATALOADER.BAD_IMAGES", "error"])
     assert fatal.returncode == 1 and "Traceback" not in fatal.stderr
     assert (f"{names[1]}.jpg cannot be decoded" in fatal.stderr
             or f"{names[2]}.jpg cannot be used" in fatal.stderr), fatal.stderr[-2000:]
     assert "DATALOADER.BAD_IMAGES skip" in fatal.stderr
 
-    evaluated = _run(common + ["--eval-only", "DATASETS.TEST", '("tiny_test",)',
+    evaluated = run(common + ["--eval-only", "DATASETS.TEST", '("tiny_test",)',
                                "OUTPUT_DIR", str(tmp_path / "eval")])
     assert evaluated.returncode == 1 and "Traceback" not in evaluated.stderr
     assert "cannot be evaluated" in evaluated.stderr and (
@@ -428,13 +421,13 @@ def test_empty_data_folder_and_indivisible_batch_get_one_clear_message(tmp_path)
     (tmp_path / "empty").mkdir()
     base = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"),
                        "OUTPUT_DIR", str(tmp_path / "out")]
-    empty = _run(base + ["DATA.ROOT", str(tmp_path / "empty")])
+    empty = run(base + ["DATA.ROOT", str(tmp_path / "empty")])
     assert empty.returncode != 0 and "Traceback" not in empty.stderr
     assert f"cannot read image folder '{tmp_path / 'empty'}'" in empty.stderr
     # as a launcher would start rank 0 of 4: the check comes before waiting for the others
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "29599"}
-    indivisible = _run(base + ["DATA.ROOT", str(tmp_path / "empty"), "SOLVER.BATCH_SIZE", "30"],
+    indivisible = run(base + ["DATA.ROOT", str(tmp_path / "empty"), "SOLVER.BATCH_SIZE", "30"],
                        env=env)
     assert indivisible.returncode == 2 and "Traceback" not in indivisible.stderr
     assert "SOLVER.BATCH_SIZE 30 is not divisible by the 4 processes" in indivisible.stderr
@@ -476,10 +469,10 @@ def test_nan_steps_are_skipped_without_a_trace(shared_data, tmp_path):
     trainer = _trainer_with_nan_inputs(shared_data, tmp_path, nan_iterations={2, 3}, max_skips=2)
     trainer.train(0, trainer.max_iter)
     assert trainer.skipped_steps == 2
-    after_1, after_3 = _load(tmp_path / "model_0000001.pth"), _load(tmp_path / "model_0000003.pth")
+    after_1, after_3 = load_checkpoint(tmp_path / "model_0000001.pth"), load_checkpoint(tmp_path / "model_0000003.pth")
     for key, value in after_1["model"].items():  # weights, BN statistics, queue, pointer, EMA
         assert torch.equal(value, after_3["model"][key]), key
-    assert _all_finite(_load(tmp_path / "model_final.pth")["model"])
+    assert _all_finite(load_checkpoint(tmp_path / "model_final.pth")["model"])
     rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert rows[-1]["skipped_steps"] == 2
 
@@ -493,7 +486,7 @@ def test_persistent_nan_stops_the_run_keeping_the_last_good_checkpoint(shared_da
     with pytest.raises(NonFiniteLossError, match="NaN/inf in 2 steps .*MAX_NONFINITE_SKIPS 1"):
         trainer.train(0, trainer.max_iter)
     assert not (tmp_path / "model_final.pth").exists()
-    last = _load(tmp_path / (tmp_path / "last_checkpoint").read_text())
+    last = load_checkpoint(tmp_path / (tmp_path / "last_checkpoint").read_text())
     assert last["iteration"] == 2 and _all_finite(last["model"])
 
 

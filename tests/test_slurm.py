@@ -10,13 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-import yaml
 
 from conftest import REPO
+from helpers import wait_until
 from tiny_pipeline import (DATA, QUICK_PRETRAIN, final_metrics, run_pipeline, tiny_spec,
                            write_run_file)
 
@@ -34,13 +33,6 @@ def _squeue(*args) -> str:
 
 def _record(path) -> dict:
     return json.loads(path.read_text())
-
-
-def _wait_until(condition, what, timeout_s=600):
-    deadline = time.time() + timeout_s
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 def _dependencies(out, job) -> set:
@@ -69,11 +61,11 @@ def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_loca
     assert "submitted 12 SLURM job(s)" in run_pipeline(run_file)
     folder = out / "pretrain/simclr"
     job = _record(folder / "stage.json")["run"]["id"]
-    _wait_until(lambda: (folder / "metrics.json").is_file()
+    wait_until(lambda: (folder / "metrics.json").is_file()
                 and len((folder / "metrics.json").read_text().splitlines()) >= 2,
                 "the pretraining's second step")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    _wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
+    wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
     # SLURM holds a requeued job for two minutes before it may start again; release it now
     subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
     followed = run_pipeline(run_file, "--wait")

@@ -205,6 +205,9 @@ class Launch(Entry):
     sbatch: dict[StrictStr, Union[StrictStr, StrictInt, StrictBool]] = {}
     signal_delay_s: Annotated[StrictInt, Field(ge=10, le=3600)] = 120  # warning before the limit
     max_requeues: Annotated[StrictInt, Field(ge=0, le=100)] = 3  # after time limits, per job
+    # the network interface of multi-node process groups (GLOO_/NCCL_SOCKET_IFNAME); "": the
+    # one that routes to the first node (ssl2det.distributed.choose_interface; ours)
+    socket_ifname: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.:-]{0,15}$")] = ""
     pretrain: Resources = Resources(time="48:00:00")
     convert: Resources = Resources(time="0:30:00")
     probe: Resources = Resources(time="12:00:00")

@@ -24,7 +24,7 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from ssl2det.distributed import slurm_machines
+from ssl2det.distributed import choose_interface, slurm_machines
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.process import die_with_parent
 
@@ -119,6 +119,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.machines_from_slurm:
         args.num_machines, args.machine_rank, args.dist_url = slurm_machines()
+    if args.num_machines > 1:  # the interface that reaches the first machine, for every worker
+        host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
+        choose_interface(host, int(port), args.machine_rank)
     if args.num_gpus > max(1, torch.cuda.device_count()):
         raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
                           "visible; without GPUs use --num-gpus 1 (the CPU, one process)")

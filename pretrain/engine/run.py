@@ -11,7 +11,8 @@ from detectron2.utils.logger import setup_logger
 
 from ssl2det.device import resolve_device
 from ssl2det.distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
-                                 is_main_process, rank_groups, ranks_from_environment)
+                                 is_main_process, rank_groups, ranks_from_environment,
+                                 this_rank_address)
 from ssl2det.errors import ConfigError
 from ssl2det.images import read_bad_image_list
 from ssl2det.output_dir import claim_output_dir
@@ -38,14 +39,17 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
                           f"{world} processes; use a multiple of {world}")
     if rank == 0:  # one run per folder: a second one stops here, before it writes anything
         claim_output_dir(cfg.OUTPUT_DIR)
-    rank, world, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S)
+    rank, world, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S, cfg.DIST.SOCKET_IFNAME)
     if device.type == "cuda":
         device = torch.device("cuda", local)
     for name, abbrev in (("pretrain", "pretrain"), ("detectron2", "d2"), ("fvcore", "fvcore")):
         setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name=name, abbrev_name=abbrev)
     logger.info(f"rank {rank}/{world} on {device}; config:\n{cfg.dump()}")
+    ranks = [None] * world  # where each rank runs: its host, address and interface
+    if world > 1:
+        torch.distributed.all_gather_object(ranks, this_rank_address())
     if rank == 0:
-        say_scale(cfg, world)
+        say_scale(cfg, world, ranks)
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
     method = build_method(cfg)
@@ -134,7 +138,7 @@ def synchronise_batch_norm(cfg, method, world: int, device_type: str):
     return method
 
 
-def say_scale(cfg, world: int) -> dict:
+def say_scale(cfg, world: int, ranks=()) -> dict:
     """What the global batch and the learning rate become on `world` processes, said and saved
     in OUTPUT_DIR/scale.json: SOLVER.BATCH_SIZE is the global batch (each process takes its
     share), the learning rate follows the global batch only, so more nodes or GPUs change the
@@ -149,7 +153,8 @@ def say_scale(cfg, world: int) -> dict:
              "lr_rule": f"SOLVER.BASE_LR {s.BASE_LR:g}" + ("" if s.LR_SCALING == "none" else
                         f" x {'sqrt of ' if s.LR_SCALING == 'sqrt' else ''}(BATCH_SIZE "
                         f"{s.BATCH_SIZE} / REFERENCE_BATCH_SIZE {s.REFERENCE_BATCH_SIZE})"),
-             "batch_norm_images": per_process * bn_ranks}
+             "batch_norm_images": per_process * bn_ranks,
+             "ranks": [r for r in ranks if r]}
     logger.info(f"batch {s.BATCH_SIZE} over {world} process(es) on {nodes} node(s): "
                 f"{per_process} per process; lr {scale['lr']:g} ({scale['lr_rule']}); batch norm "
                 f"sees {scale['batch_norm_images']} images of a view per step"

@@ -95,7 +95,7 @@ class Evaluation:
         self.protocol = getattr(args, "protocol", None) or cfg.PROBE.PROTOCOL
         device = resolve_device(cfg.MODEL.DEVICE)
         if PROTOCOLS[self.protocol].on_images:  # several processes split its batches
-            _, _, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S)
+            _, _, local = init_distributed(device.type, cfg.DIST.TIMEOUT_S, cfg.DIST.SOCKET_IFNAME)
             device = torch.device("cuda", local) if device.type == "cuda" else device
         torch.manual_seed(cfg.SEED)
         self.device = device

@@ -146,6 +146,13 @@ def cluster_problems(launch, starts: dict) -> list:
     return problems
 
 
+def socket_setup(interface: str) -> list:
+    """The job script's lines that force the process groups' interface (none: each rank picks
+    the one that routes to the first node)."""
+    return [f"export GLOO_SOCKET_IFNAME={interface} NCCL_SOCKET_IFNAME={interface}"] if interface \
+        else []
+
+
 class StageJob:
     """What each task of a stage's SLURM job runs: the stage's command, its output written to
     the stage's log by the command itself (rank 0; rank k to LOG.rankK). On submitit's warning
@@ -248,7 +255,8 @@ class SlurmExecutor(Executor):
             job_name=f"ssl2det-{stage.kind}", nodes=r.nodes,
             ntasks_per_node=tasks_per_node(stage.starts, r), cpus_per_task=r.cpus_per_task,
             time=walltime_minutes(r.time), signal_delay_s=self.launch.signal_delay_s,
-            setup=list(self.launch.setup), additional_parameters=extra,
+            setup=[*self.launch.setup, *socket_setup(self.launch.socket_ifname)],
+            additional_parameters=extra,
             srun_args=["--kill-on-bad-exit=1"],
             **({"gpus_per_node": r.gpus_per_node} if r.gpus_per_node else {}),
             **({"partition": self.launch.partition} if self.launch.partition else {}),
