@@ -5,6 +5,8 @@ tests/test_detectron2_internals.py fails when a detectron2 release changes one o
 import logging
 
 from detectron2.data.build import _train_loader_from_config
+from detectron2.engine import defaults
+from detectron2.utils import comm
 
 #: The logger detectron2's TrainerBase.train reports an exception of the loop to, with its
 #: traceback, before re-raising it.
@@ -36,3 +38,27 @@ def quiet_training_exceptions(is_reported) -> None:
     if not any(isinstance(f, _DropReported) and f.is_reported is is_reported
                for f in logger.filters):
         logger.addFilter(_DropReported(is_reported))
+
+
+def set_local_process_group(group) -> None:
+    """The group of this machine's processes, which detectron2's `launch` sets for the workers
+    it spawns (`comm.get_local_rank` and `get_local_size` read it). Our CPU launch of one
+    process per machine sets it itself: detectron2's launch needs CUDA for more than one."""
+    comm._LOCAL_PROCESS_GROUP = group
+
+
+def allow_ddp_on_cpus() -> None:
+    """detectron2's DefaultTrainer wraps its model with `create_ddp_model`, which gives DDP
+    `device_ids=[local rank]`; torch refuses those for a model on the CPU. With this, a CPU
+    model is wrapped with `device_ids=None` (one process per machine over gloo). Idempotent."""
+    original = defaults.create_ddp_model
+    if getattr(original, "allows_cpus", False):
+        return
+
+    def create_ddp_model(model, **kwargs):
+        if all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    create_ddp_model.allows_cpus = True
+    defaults.create_ddp_model = create_ddp_model

@@ -10,11 +10,11 @@ import array
 import datetime
 import errno
 import fcntl
-import logging
 import os
 import re
 import socket
 import struct
+import sys
 import time
 
 import torch
@@ -23,7 +23,6 @@ from torch import nn
 
 from .errors import ConfigError, UserError
 
-logger = logging.getLogger(__name__)
 _SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 
 
@@ -110,6 +109,11 @@ def _interface_addresses() -> dict:
     return found
 
 
+def node_name() -> str:
+    """This machine as its scheduler names it (SLURM's node name), else its host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def route_to(host: str, port: int) -> tuple:
     """(interface, local address) this machine reaches `host` over: the kernel's route, asked
     with a UDP socket (no packet is sent). An UnreachableMasterError when there is none."""
@@ -120,7 +124,7 @@ def route_to(host: str, port: int) -> tuple:
             local = s.getsockname()[0]
     except OSError as e:
         why = e.strerror or str(e)
-        raise UnreachableMasterError(f"{socket.gethostname()} cannot reach the master {host}:{port} "
+        raise UnreachableMasterError(f"{node_name()} cannot reach the master {host}:{port} "
                                      f"({why}): is MASTER_ADDR an address of this network?") from None
     return _interface_addresses().get(local, "lo" if local.startswith("127.") else "?"), local
 
@@ -139,7 +143,7 @@ def _probe_master(host: str, port: int, interface: str, rank: int, seconds: floa
         except OSError as e:
             if time.monotonic() >= deadline or e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                 raise UnreachableMasterError(
-                    f"rank {rank} on {socket.gethostname()} cannot reach {host}:{port} over "
+                    f"rank {rank} on {node_name()} cannot reach {host}:{port} over "
                     f"{interface} ({e.strerror or 'no answer'} within {seconds:g} s): the nodes "
                     "need a network in common; force one with DIST.SOCKET_IFNAME") from None
             time.sleep(0.2)
@@ -157,15 +161,14 @@ def choose_interface(host: str, port: int, rank: int, forced: str = "",
         interface = forced
         address = next((a for a, n in _interface_addresses().items() if n == forced), "?")
     for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
-        if os.environ.get(variable):
-            logger.info(f"rank {rank}: {variable}={os.environ[variable]} as set")
-        else:
+        if not os.environ.get(variable):  # the user's own setting stands
             os.environ[variable] = interface
     if rank:
         _probe_master(host, port, interface, rank, probe_s)
-    logger.info(f"rank {rank} on {socket.gethostname()}: master {host}:{port} over "
-                f"{os.environ['GLOO_SOCKET_IFNAME']} ({address})")
-    return {"host": socket.gethostname(), "address": address,
+    # said before any logger is set up, on the rank's own output (its log under SLURM)
+    print(f"[distributed] rank {rank} on {node_name()}: master {host}:{port} over "
+          f"{os.environ['GLOO_SOCKET_IFNAME']} ({address})", file=sys.stderr, flush=True)
+    return {"host": node_name(), "address": address,
             "interface": os.environ["GLOO_SOCKET_IFNAME"]}
 
 

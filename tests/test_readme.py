@@ -83,7 +83,7 @@ def test_the_paper_scale_run_file_reads_and_every_stage_config_merges():
     spec = load_spec(str(REPO / command.split()[-1]))
     stages = build_stages(spec)
     # 3 pretraining runs, 5 conversions (2 weights files), 3 ImageNet probes; VOC 6 backbones x 5
-    # seeds, COCO 5 x 1, segmentation 5 x 3, each fine-tuned and evaluated
+    # seeds, COCO 5 x 1, segmentation 5 x 3, each fine-tuned and evaluated; the report
     assert len(fingerprints(stages)) == len(stages) == 3 + 5 + 3 + 2 * (6 * 5 + 5 * 1 + 5 * 3) + 1
     # here there is no ImageNet, no weights and no VOC (the COCO sample is in ../shared): the
     # pre-flight lists them, at once

@@ -16,14 +16,17 @@ are found under $DETECTRON2_DATASETS. Without a GPU it runs on the CPU (one proc
 metrics are printed as a table and saved to OUTPUT_DIR/final_metrics.json.
 """
 
+import datetime
 import os
 import sys
 
 import torch
+import torch.distributed as dist
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ssl2det.detectron2_internals import allow_ddp_on_cpus, set_local_process_group
 from ssl2det.distributed import choose_interface, slurm_machines
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.process import die_with_parent
@@ -98,6 +101,9 @@ def build_parser():
                         metavar=("NAME", "IMAGE_DIR", "LABEL_DIR"),
                         help="register images + label PNGs (LABEL_DIR/classes.json names the "
                              "classes; see tools/coco_to_semseg.py) (repeatable)")
+    parser.add_argument("--dist-timeout-s", type=float, default=600, metavar="S",
+                        help="seconds a process waits in a collective for the others (a hung "
+                             "peer: the others stop after it; default 600, as DIST.TIMEOUT_S)")
     parser.add_argument("--machines-from-slurm", action="store_true",
                         help="--num-machines, --machine-rank and --dist-url from SLURM's "
                              "environment (one task per node: `srun --ntasks-per-node 1`)")
@@ -125,9 +131,30 @@ def main(argv=None):
     if args.num_gpus > max(1, torch.cuda.device_count()):
         raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
                           "visible; without GPUs use --num-gpus 1 (the CPU, one process)")
-    launch(run, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    timeout = datetime.timedelta(seconds=args.dist_timeout_s)
+    if args.num_machines > 1 and not torch.cuda.is_available():
+        launch_on_cpus(args, timeout)
+    else:
+        launch(run, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
+               timeout=timeout)
     return 0
+
+
+def launch_on_cpus(args, timeout):
+    """One process per machine on CPUs (gloo): detectron2's `launch` spawns a worker per GPU
+    and needs CUDA for more than one process; BN is synchronised by naiveSyncBN there
+    (transfer/config.py)."""
+    if args.num_gpus != 1:
+        raise ConfigError(f"--num-gpus {args.num_gpus} over {args.num_machines} machines without "
+                          "GPUs: one process per machine runs there (--num-gpus 1)")
+    dist.init_process_group("gloo", init_method=args.dist_url, world_size=args.num_machines,
+                            rank=args.machine_rank, timeout=timeout)
+    groups = [dist.new_group([machine]) for machine in range(args.num_machines)]
+    set_local_process_group(groups[args.machine_rank])
+    allow_ddp_on_cpus()
+    comm.synchronize()
+    run(args)
 
 
 if __name__ == "__main__":
