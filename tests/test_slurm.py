@@ -6,10 +6,14 @@ exactly; re-submission that leaves live jobs alone and resubmits only what faile
 settings refused before anything is submitted."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +205,172 @@ def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_on
     problems = cluster_problems(launch, {s.kind: s.starts for s in build_stages(spec)})
     gpu_kinds = [k for k in STAGE_KINDS if launch.resources(k).gpus_per_node]
     assert len(problems) == len(gpu_kinds) and all("(too few GPUs)" in p for p in problems), problems
+
+
+# --- two nodes: mn1 and mn2, each a slurmd in its own network namespace (partition multi) ------
+
+MULTI = {**SLURM, "partition": "multi", "setup": ["export OMP_NUM_THREADS=1"],
+         "pretrain": {"nodes": 2, "tasks_per_node": 1, "cpus_per_task": 1, "time": "0:30:00"},
+         "finetune": {"nodes": 2, "cpus_per_task": 1, "time": "0:30:00"}}
+#: 32 px, no kNN: a few tenths of a second an iteration on one CPU per node
+QUICK_MULTI = [*QUICK_PRETRAIN, "KNN.ENABLED", "False"]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(slurm_cluster):
+    """The test cluster's partition `multi` with its two namespace nodes; skipped with the
+    command that starts it where it is absent, a failure in CI."""
+    nodes = subprocess.run(["sinfo", "-h", "-p", "multi", "-N", "-o", "%N"], capture_output=True,
+                           text=True).stdout.split()
+    if sorted(set(nodes)) != ["mn1", "mn2"]:
+        message = ("no two-node partition `multi`: start the test cluster with `sudo bash "
+                   "tools/slurm/local_cluster.sh start --nodes 2`")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _job_processes(job: str) -> list:
+    """(pid, SLURM_PROCID, command line) of every process of SLURM job `job` on any node (the
+    nodes share this machine's process table)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes()
+                           .split(b"\0") if b"=" in item)
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if environ.get(b"SLURM_JOB_ID") == job.encode():
+            found.append((int(proc.name), int(environ.get(b"SLURM_PROCID", b"-1")), cmdline))
+    return found
+
+
+def _training_rank(job: str, rank: int) -> int:
+    """The pid of rank `rank`'s training process (not submitit's task around it)."""
+    pids = [pid for pid, r, cmd in _job_processes(job) if r == rank and " -m pretrain " in cmd]
+    assert len(pids) == 1, _job_processes(job)
+    return pids[0]
+
+
+def _iterations(folder) -> int:
+    path = folder / "metrics.json"
+    return sum('"iteration"' in line for line in path.read_text().splitlines()) \
+        if path.is_file() else 0
+
+
+def _ended(job: str) -> bool:
+    return _squeue("--states=all", "-j", job, "-o", "%T").strip() not in (
+        "PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
+
+
+def _status(run_file) -> dict:
+    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
+                             "--status"], capture_output=True, text=True, cwd=REPO)
+    return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+
+
+def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tmp_path):
+    """`srun -N 2 --ntasks-per-node 1 python -m pretrain`, no variable set by hand: each rank
+    picks the interface that routes to the master (the host name resolves to loopback here, the
+    gloo trap), and the weights equal `pretrain.launch --num-procs 2` on one machine (one thread
+    a rank); scale.json says where each rank ran."""
+    overrides = [*QUICK_MULTI, "SOLVER.MAX_ITER", "3"]
+    config = str(REPO / "configs/demo/simclr_r50_small.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    srun = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
+                           sys.executable, "-m", "pretrain", "--config-file", config, *overrides,
+                           "OUTPUT_DIR", str(tmp_path / "srun")], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env=env)
+    assert srun.returncode == 0, srun.stderr[-3000:]
+    for rank, node in ((0, "mn1"), (1, "mn2")):
+        assert re.search(rf"\[distributed\] rank {rank} on {node}: master mn1:\d+ over eth0 "
+                         rf"\(10\.88\.0\.1{rank + 1}\)", srun.stderr), srun.stderr[-3000:]
+    local = subprocess.run([sys.executable, "-m", "pretrain.launch", config, "--num-gpus", "0",
+                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(tmp_path / "local")],
+                           capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert local.returncode == 0, local.stderr[-3000:]
+    ours = torch.load(tmp_path / "srun/model_final.pth", weights_only=True)["model"]
+    theirs = torch.load(tmp_path / "local/model_final.pth", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    scale = _record(tmp_path / "srun/scale.json")
+    assert scale["nodes"] == 2 and scale["ranks"] == [
+        {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
+        {"host": "mn2", "address": "10.88.0.12", "interface": "eth0"}]
+
+
+def test_a_master_the_node_cannot_reach_is_one_line_within_seconds(two_nodes, tmp_path):
+    """Rank 1 inside node mn2's namespace, told to meet at an address no route leads to (no
+    packet leaves the namespace): one line naming the node and the master, exit 1, no hang."""
+    result = subprocess.run(
+        ["nsenter", "--net=/var/run/netns/mn2", sys.executable, "-m", "pretrain",
+         "--config-file", str(REPO / "configs/demo/simclr_r50_small.yaml"), *QUICK_MULTI,
+         "OUTPUT_DIR", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=dict(os.environ, RANK="1", WORLD_SIZE="2", MASTER_ADDR="10.88.1.1",
+                           MASTER_PORT="29911", SLURMD_NODENAME="mn2"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "mn2 cannot reach the master 10.88.1.1:29911 (Network is unreachable)" in result.stderr
+
+
+def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(two_nodes, tmp_path):
+    """Pretraining and fine-tuning across the two nodes through the pipeline. A rank on mn2
+    that hangs (SIGSTOP): rank 0 stops after DIST.TIMEOUT_S, srun ends the job
+    (--kill-on-bad-exit) within DIST.TIMEOUT_S + 60 s, no process of it is left, --status
+    names the failure. Submitted again, it resumes; a rank on mn2 that dies (SIGKILL) ends the
+    job within 60 s, the same way. Submitted again, it runs to the report; the pretrained weights
+    equal an uninterrupted 2-process run on one machine, and the 2-node fine-tuning equals its
+    command run as 2 processes here."""
+    timeout_s = 20
+    overrides = [*QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", "6", "DIST.TIMEOUT_S", str(timeout_s)]
+    spec = tiny_spec(tmp_path, tmp_path / "run", launch=MULTI)
+    spec.update(repeats=1, backbones=[], report={"predictions": 0})
+    spec["pretrain"][0]["overrides"] = overrides
+    spec["transfer"][0].update(backbones=["simclr"], baseline="simclr", reference=[])
+    run_file = write_run_file(tmp_path / "run.yaml", spec)
+    folder = tmp_path / "run/pretrain/simclr"
+
+    def fault(signal_name, after_iterations, bound_s):
+        job = _record(folder / "stage.json")["run"]["id"]
+        wait_until(lambda: _iterations(folder) >= after_iterations, "the pretraining's progress")
+        os.kill(_training_rank(job, 1), getattr(signal, signal_name))
+        started = time.monotonic()
+        wait_until(lambda: _ended(job), f"the job's end after {signal_name}", bound_s)
+        wait_until(lambda: not _job_processes(job), "the job's processes to go", 30)
+        status = _status(run_file)["pretrain simclr"]
+        assert status.startswith("FAILED (job ") and " on mn" in status, status
+        return time.monotonic() - started
+
+    assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
+    hung = fault("SIGSTOP", 8, timeout_s + 60)
+    assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
+    dead = fault("SIGKILL", 14, 60)
+    followed = run_pipeline(run_file, "--wait")
+    assert "[pipeline] finished in" in followed, followed[-2000:]
+    log = (folder / "pretrain.log").read_text()
+    assert log.count("continuing at iteration") == 2, log[-3000:]
+    print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after SIGKILL")
+
+    local = subprocess.run([sys.executable, "-m", "pretrain.launch",
+                            "configs/demo/simclr_r50_small.yaml", "--num-gpus", "0",
+                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(tmp_path / "local")],
+                           capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert local.returncode == 0, local.stderr[-3000:]
+    ours = torch.load(folder / "model_final.pth", weights_only=True)["model"]
+    theirs = torch.load(tmp_path / "local/model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    finetune = tmp_path / "run/finetune/det/simclr"
+    assert "[distributed] rank 1 on mn2" in (finetune / "finetune.log.rank1").read_text()
+    command = _record(finetune / "stage.json")["command"]
+    flag = command.index("--machines-from-slurm")
+    assert command[-2] == "OUTPUT_DIR"
+    here = [subprocess.Popen(  # the same command, as two processes on this machine
+        [*command[:flag], "--num-machines", "2", "--machine-rank", str(rank), "--dist-url",
+         "tcp://127.0.0.1:29913", *command[flag + 1:-1], str(tmp_path / "finetune_here")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1")) for rank in (0, 1)]
+    assert [p.wait(timeout=600) for p in here] == [0, 0]
+    ours = torch.load(finetune / "model_final.pth", weights_only=False)["model"]
+    theirs = torch.load(tmp_path / "finetune_here/model_final.pth", weights_only=False)["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert (tmp_path / "run/report.md").is_file()

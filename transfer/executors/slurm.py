@@ -22,11 +22,11 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from ssl2det.distributed import node_name
 from ssl2det.errors import UserError
 from ssl2det.process import start_logged
 
@@ -184,7 +184,7 @@ class StageJob:
         if code:
             if "exit" not in record.read():  # the first failure is the cause
                 record.update(exit=code, failed={"rank": rank, "ranks": ranks, "log": log,
-                                                 "host": socket.gethostname()})
+                                                 "host": node_name()})
             raise RuntimeError(f"stage {self.label} failed (exit {code}) in rank {rank}; "
                                f"its log: {log}")
         if rank == 0:
