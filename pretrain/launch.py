@@ -16,7 +16,7 @@ from ssl2det.errors import ConfigError, one_line_errors
 
 
 def launch_command(config, num_gpus=None, num_procs=1, num_machines=1, machine_rank=0,
-                   dist_url="tcp://127.0.0.1:29500", resume=False, opts=()) -> list:
+                   dist_url="", resume=False, opts=()) -> list:
     """The command line that runs pretraining as asked.
 
     num_gpus: processes per machine, one per GPU (None: every visible GPU; 0: CPU processes,
@@ -40,6 +40,12 @@ def launch_command(config, num_gpus=None, num_procs=1, num_machines=1, machine_r
            *map(str, opts), *device]
     if processes == 1 and num_machines == 1:
         return [sys.executable, *run]
+    if num_machines == 1 and not dist_url:  # a free port: two runs on one machine never meet
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(processes), *run]
+    if not dist_url:
+        raise ConfigError(f"--num-machines {num_machines} needs --dist-url tcp://HOST:PORT, "
+                          "an address of machine 0 that every machine reaches")
     host, _, port = dist_url.removeprefix("tcp://").rpartition(":")
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--nnodes", str(num_machines), "--node_rank", str(machine_rank),
@@ -58,8 +64,8 @@ def build_parser():
     parser.add_argument("--num-machines", type=int, default=1, metavar="M")
     parser.add_argument("--machine-rank", type=int, default=0, metavar="R",
                         help="this machine's rank, 0 .. M-1")
-    parser.add_argument("--dist-url", default="tcp://127.0.0.1:29500", metavar="tcp://HOST:PORT",
-                        help="multi-node: reachable on machine 0")
+    parser.add_argument("--dist-url", default="", metavar="tcp://HOST:PORT",
+                        help="multi-node: reachable on machine 0 (one machine: a free port)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides")

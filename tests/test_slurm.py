@@ -23,7 +23,10 @@ from helpers import wait_until
 from tiny_pipeline import (DATA, QUICK_PRETRAIN, final_metrics, run_pipeline, tiny_spec,
                            write_run_file)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+# one xdist group: the cluster's CPUs are shared, and the first test compares with the local
+# run of the tiny pipeline (a session fixture, made once in the group's worker)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster"),
+              pytest.mark.xdist_group("cluster")]
 
 ONE_CPU = {kind: {"cpus_per_task": 1, "time": "0:30:00"}
            for kind in ("pretrain", "convert", "probe", "finetune", "evaluate", "report")}

@@ -209,8 +209,8 @@ class ProbeStage(Stage):
                  s.val_root, "--epochs", s.linear_epochs, "--protocol", s.linear_protocol,
                  "--output", self.result, *self.encoder, *s.overrides]
         if processes > 1:
-            return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                    str(processes), *probe]
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(processes), *probe]
         return [sys.executable, *probe]
 
     def inputs(self, upstream):
