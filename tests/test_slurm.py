@@ -300,6 +300,14 @@ def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tm
     assert scale["nodes"] == 2 and scale["ranks"] == [
         {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
         {"host": "mn2", "address": "10.88.0.12", "interface": "eth0"}]
+    # the benchmark of the process group across the nodes (docs/performance.md), tiny
+    bench = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
+                            sys.executable, "-m", "transfer.benchmark", "allreduce", "--elements",
+                            "1000", "--iters", "2", "--output", str(tmp_path / "allreduce.json")],
+                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    measured = _record(tmp_path / "allreduce.json")
+    assert measured["nodes"] == 2 and measured["world_size"] == 2 and measured["allreduce_s"] > 0
 
 
 def test_a_master_the_node_cannot_reach_is_one_line_within_seconds(two_nodes, tmp_path):

@@ -16,5 +16,6 @@ MODEL.COMPILE on against a run with it off); `--profile FILE` writes torch.profi
 our training step (the slowest operators first) to FILE.
 
 Modules: steps (the training steps, both stages), loader (the loader alone), startup (the
-file index on 1.28M files), cli (the command line; tools/benchmark.py).
+file index on 1.28M files), allreduce (rendezvous and gradient all-reduce across ranks), cli
+(the command line; tools/benchmark.py).
 """

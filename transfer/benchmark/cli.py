@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from . import __doc__ as DESCRIPTION
+from .allreduce import RESNET50_PARAMETERS, report_allreduce
 from .loader import measure_loader, report_loader
 from .startup import first_batch_seconds, measure_startup, report_startup, tile_folder
 from .steps import DETECTION_SIDES, PRETRAIN_SIDES, measure_one, report, run_sides
@@ -12,7 +13,8 @@ from .steps import DETECTION_SIDES, PRETRAIN_SIDES, measure_one, report, run_sid
 def main(argv=None):
     parser = argparse.ArgumentParser(description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=("pretrain", "detection", "loader", "startup", "tile"))
+    parser.add_argument("task", choices=("pretrain", "detection", "loader", "startup", "tile",
+                                         "allreduce"))
     parser.add_argument("--config-file", metavar="FILE")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (default 2)")
     parser.add_argument("--iters", type=int, default=6, help="timed iterations (default 6)")
@@ -33,6 +35,8 @@ def main(argv=None):
     parser.add_argument("--source", default=str(Path(__file__).resolve().parents[3] / "shared"
                                                / "data" / "imagenet-sample"),
                         help="startup: a folder with a real JPEG to link to")
+    parser.add_argument("--elements", type=int, default=RESNET50_PARAMETERS,
+                        help="allreduce: float32 values a step reduces (default ResNet-50's)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: measure one side
     parser.add_argument("--result", help=argparse.SUPPRESS)  # internal: where that side writes
     parser.add_argument("--index-dir", help=argparse.SUPPRESS)  # internal: startup's index
@@ -47,6 +51,9 @@ def main(argv=None):
             parser.error("tile takes SOURCE TARGET REPEAT")
         print(f"{tile_folder(args.opts[0], args.opts[1], int(args.opts[2]))} files in "
               f"{args.opts[1]}")
+        return 0
+    if args.task == "allreduce":  # every rank of srun / torchrun runs this
+        report_allreduce(args)
         return 0
     if not args.config_file:
         parser.error("--config-file is required")
