@@ -325,6 +325,13 @@ def validate(cfg):
                           f"{cfg.SOLVER.MAX_NONFINITE_SKIPS}")
     if cfg.SOLVER.EPOCHS <= 0 and cfg.SOLVER.MAX_ITER <= 0:
         raise ConfigError("set SOLVER.EPOCHS or SOLVER.MAX_ITER to a positive number")
+    if cfg.SOLVER.MAX_ITER < 0:  # 0 means "from SOLVER.EPOCHS"; below it, a slip
+        raise ConfigError(f"SOLVER.MAX_ITER must be positive, or 0 to run SOLVER.EPOCHS; got "
+                          f"{cfg.SOLVER.MAX_ITER}")
+    if cfg.KNN.ENABLED and cfg.KNN.PERIOD_EPOCHS < 1:
+        raise ConfigError(f"KNN.PERIOD_EPOCHS must be 1 or more (epochs between kNN "
+                          f"evaluations), got {cfg.KNN.PERIOD_EPOCHS}; KNN.ENABLED False turns "
+                          "the monitor off")
 
 
 def settle_knn_monitor(cfg: CN, given=()) -> CN:

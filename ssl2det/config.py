@@ -10,17 +10,44 @@ from .errors import ConfigError
 BASE_KEY = "_BASE_"
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the last would silently
+    win: a second `overrides:` would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                break
+            if first != key_node.start_mark.line:
+                raise _DuplicateKeyError(
+                    None, None, f"the key {key!r} is given twice, on lines {first + 1} and "
+                    f"{key_node.start_mark.line + 1} (the second would silently win)",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str, what: str = "config file") -> dict:
     """The top-level mapping of a YAML file, read with a safe loader (plain data only: a tag that
     would build Python objects or run code is refused by name). Every problem is a ConfigError
     naming the file."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a folder, not a YAML file") from None
+    except _DuplicateKeyError as e:
+        raise ConfigError(f"{path}, line {e.problem_mark.line + 1}: {e.problem}; give each key "
+                          "once") from None
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         where = f", line {mark.line + 1}" if mark else ""

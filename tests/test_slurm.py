@@ -385,3 +385,48 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(tw
     theirs = torch.load(tmp_path / "finetune_here/model_final.pth", weights_only=False)["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert (tmp_path / "run/report.md").is_file()
+
+
+@pytest.mark.parametrize("limit", ["30", "30:15", "2:00:00", "1-02", "1-02:00", "1-02:03:04"])
+def test_every_time_limit_form_means_to_us_what_it_means_to_slurm(limit):
+    """A held job submitted with each form: SLURM's TimeLimit, in minutes, is ours."""
+    from transfer.run_file import walltime_minutes
+
+    job = subprocess.run(["sbatch", "--parsable", "--hold", f"--time={limit}", "--wrap", "true"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        shown = re.search(r"TimeLimit=(\S+)", subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True).stdout).group(1)
+    finally:
+        subprocess.run(["scancel", job])
+    days, _, clock = shown.rpartition("-")
+    h, m, s = (int(x) for x in clock.split(":"))
+    assert (int(days or 0) * 24 + h) * 60 + m + (s > 0) == walltime_minutes(limit), shown
+
+
+def test_a_scheduler_that_does_not_answer_stops_submission_and_reads_unknown(tmp_path):
+    """squeue failing (a wrapper earlier on PATH, as a slurmctld that times out): nothing is
+    submitted, the job id already recorded stays, and --status says unknown, not FAILED."""
+    run_file = write_run_file(tmp_path / "run.yaml", {
+        "output_dir": str(tmp_path / "run"), "launch": SLURM, "pretrain": [
+            {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+             "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]})
+    record = tmp_path / "run/pretrain/a/stage.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"hash": "x", "run": {"executor": "slurm", "id": "4242"}}))
+    wrapper = tmp_path / "bin"
+    wrapper.mkdir()
+    (wrapper / "squeue").write_text("#!/bin/sh\necho 'squeue: error: Socket timed out on "
+                                    "send/recv operation' >&2\nexit 1\n")
+    (wrapper / "squeue").chmod(0o755)
+    env = dict(os.environ, PATH=f"{wrapper}:{os.environ['PATH']}")
+    before = _squeue("-o", "%i")
+    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "cannot ask SLURM for the state of job(s) 4242: squeue: error: Socket timed out" in \
+        result.stderr and "nothing was started or submitted" in result.stderr
+    assert _squeue("-o", "%i") == before and _record(record)["run"]["id"] == "4242"
+    status = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
+                             "--status"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert "pretrain a: unknown (slurm run 4242: cannot ask SLURM" in status.stdout, status.stdout

@@ -95,6 +95,10 @@ def merge_config(config_file: str, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"bad config ({config_file} + overrides): {e}") from None
+    for key in ("SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH"):
+        if get_key(cfg, key) < 1:
+            raise ConfigError(f"{key} must be 1 or more, got {get_key(cfg, key)} ({config_file} "
+                              "+ overrides)")
     return cfg
 
 

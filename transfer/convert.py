@@ -160,6 +160,12 @@ def convert_state_dict(state, ema=False, source="state dict", ours=False) -> Con
                    ([f"shape mismatch: {'; '.join(wrong[:5])}"] if wrong else [])
         raise ConversionError(f"the backbone under '{prefix}' does not match torchvision's {arch}: "
                               + " | ".join(problems))
+    broken = next((k for k, v in backbone.items() if v.is_floating_point()
+                   and not torch.isfinite(v).all()), None)
+    if broken:  # fine-tuning would start from it and blame "Training has diverged"
+        count = int((~torch.isfinite(backbone[broken])).sum())
+        raise ConversionError(f"the tensor {prefix}{broken} holds {count} NaN or infinite "
+                              "value(s): the weights are damaged (a diverged run's checkpoint?)")
     weights = {torchvision_to_detectron2_name(k): v.detach().float() for k, v in backbone.items()}
     return Conversion(weights, arch, prefix, source, dropped)
 

@@ -112,6 +112,47 @@ def register_builtin_voc_semseg(root=None):
                                       ignore_label=255, evaluator_type="sem_seg", dirname=voc_dir)
 
 
+def _voc_annotation_problems(name, metadata, listing) -> list:
+    """The split's ids read as detectron2's VOC loader reads them: an Annotations/ID.xml for
+    each, and every object's class among the data set's classes (detectron2 stops on the first
+    one it lacks, "'dog' is not in list")."""
+    import xml.etree.ElementTree as ET
+
+    classes, problems, unknown = set(metadata.thing_classes), [], {}
+    with open(listing) as f:
+        ids = f.read().split()
+    for image_id in ids:
+        path = os.path.join(metadata.dirname, "Annotations", f"{image_id}.xml")
+        try:
+            objects = [o.findtext("name", "").strip() for o in ET.parse(path).findall("object")]
+        except FileNotFoundError:
+            problems.append(f"data set {name}: {listing} names {image_id}, but {path} does not "
+                            "exist")
+            continue
+        except ET.ParseError as e:
+            problems.append(f"data set {name}: {path} is not readable XML ({e})")
+            continue
+        for cls in objects:
+            if cls not in classes:
+                unknown.setdefault(cls, image_id)
+    if unknown:
+        found = ", ".join(f"{c!r} (e.g. {i})" for c, i in sorted(unknown.items())[:5])
+        problems.append(f"data set {name}: its annotations name classes that are not among its "
+                        f"classes ({', '.join(metadata.thing_classes)}): {found}; list them in "
+                        "voc_classes (--voc-classes)")
+    return problems[:5]
+
+
+def _looks_whole_json(path) -> bool:
+    """Opens with { and closes with } (a file cut short does not): checked without parsing
+    hundreds of megabytes."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+        f.seek(max(0, os.path.getsize(path) - 64))
+        tail = f.read().rstrip()
+    return head.startswith(b"{") and tail.endswith(b"}")
+
+
 def dataset_problems(names) -> list:
     """What keeps the data sets `names` from being used: unregistered names and files missing
     where their metadata says (detectron2 would fail later, with a traceback, and for its
@@ -133,6 +174,11 @@ def dataset_problems(names) -> list:
                 problems.append(f"data set {name}: its image list {listing} does not exist "
                                 f"(PASCAL VOC's layout: ImageSets/Main/{split}.txt)")
                 continue
+            problems += _voc_annotation_problems(name, metadata, listing)
+        json_file = metadata.get("json_file", None)
+        if json_file and os.path.isfile(json_file) and not _looks_whole_json(json_file):
+            problems.append(f"data set {name}: {json_file} is not a whole JSON object (cut short "
+                            "or not JSON): download or write it again")
         for key in ("json_file", "image_root", "dirname", "sem_seg_root"):
             path = metadata.get(key, None)
             if path and not os.path.exists(path):

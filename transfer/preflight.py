@@ -17,13 +17,14 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ssl2det.errors import UserError
 from ssl2det.io import check_weights_pickle
 from ssl2det.output_dir import output_dir_holder
 
-from .convert import ARCHS, convert_checkpoint
+from .convert import ARCHS, ConversionError, convert_checkpoint
 from .data import dataset_problems
 from .metrics import known_metrics
 from .spec import PipelineError
@@ -112,6 +113,12 @@ def _arch_of_detectron2_weights(path: str):
                    for s in range(2, 6))
     if not all(blocks):
         return None
+    model = data.get("model", data) if isinstance(data, dict) else {}
+    broken = next((k for k, v in model.items() if getattr(v, "dtype", None) is not None
+                   and v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+    if broken:
+        raise ConversionError(f"the tensor {broken} holds NaN or infinite values: the weights are "
+                              "damaged (a diverged run's checkpoint?)")
     bottleneck = any(".conv3." in k for k in names)
     return next((a for a, (layout, b) in ARCHS.items() if layout == blocks and b == bottleneck),
                 f"an unknown ResNet ({blocks} {'bottleneck' if bottleneck else 'basic'} blocks)")
@@ -121,6 +128,8 @@ def _weights_arch(path):
     """(architecture or None, problem or None) of an external backbone's file, opened as the
     conversion (or detectron2, for a .pkl) will open it."""
     path = str(path)
+    if os.path.isdir(path):
+        return None, f"weights file {path} is a folder: give the checkpoint file in it"
     if not os.path.isfile(path):
         return None, f"weights file {path} does not exist"
     try:

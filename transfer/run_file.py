@@ -72,10 +72,31 @@ Override = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
 def _pairs(values: list) -> list:
     if len(values) % 2:
         raise ValueError("overrides come as KEY, VALUE pairs: an even number of items")
+    keys = [str(k) for k in values[::2]]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice in one overrides list (the last would "
+                         "win): give each key once")
     return [str(v) for v in values]
 
 
-Overrides = Annotated[list[Override], AfterValidator(_pairs)]
+def _not_set_here(reserved: dict):
+    """Overrides without the keys the pipeline sets itself ({key: the run-file key that does}):
+    the pipeline's value would silently win."""
+    def check(values: list) -> list:
+        for key in values[::2]:
+            if key in reserved:
+                raise ValueError(f"{key} is set by the pipeline ({reserved[key]}): remove it")
+        return values
+    return AfterValidator(check)
+
+
+Overrides = Annotated[list[Override], AfterValidator(_pairs),
+                      _not_set_here({"OUTPUT_DIR": "output_dir and the entry's name"})]
+TransferOverrides = Annotated[list[Override], AfterValidator(_pairs), _not_set_here({
+    "OUTPUT_DIR": "output_dir and the entry's name",
+    "MODEL.WEIGHTS": "the task's backbones: and the backbones: entries",
+    "SEED": "repeats: (seed k of every backbone is k)"})]
 
 
 class Entry(BaseModel):
@@ -106,7 +127,7 @@ class ReferenceEntry(Entry):
 class TransferEntry(Entry):
     name: Name
     config: Path
-    overrides: Overrides = []
+    overrides: TransferOverrides = []
     backbones: Optional[list[Name]] = None  # default: random and every pretrain / backbones entry
     repeats: Optional[Repeats] = None  # default: the top level's
     baseline: StrictStr = ""
@@ -142,25 +163,22 @@ class Datasets(Entry):
         return [n.strip() for n in names if n.strip()]
 
 
-_WALLTIME = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d\d)")  # [D-][HH:]MM:SS
-
-
 def walltime_minutes(value: str) -> int:
-    """Minutes of a SLURM time limit: "MM", "MM:SS", "HH:MM:SS", "D-HH:MM:SS", "D-HH"."""
+    """Minutes of a SLURM time limit, every form sbatch takes, as SLURM reads it: "MM",
+    "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS" (seconds round up to a minute)."""
     value = value.strip()
-    if re.fullmatch(r"\d+", value):
-        return int(value)
-    days_hours = re.fullmatch(r"(\d+)-(\d+)", value)
-    if days_hours:
-        return (int(days_hours.group(1)) * 24 + int(days_hours.group(2))) * 60
-    match = _WALLTIME.fullmatch(value)
-    if not match:
+    with_days = re.fullmatch(r"(\d+)-(\d+)(?::(\d+))?(?::(\d+))?", value)
+    plain = re.fullmatch(r"(\d+)(?::(\d+))?(?::(\d+))?", value)
+    if with_days:
+        days, hours, minutes, seconds = (int(g or 0) for g in with_days.groups())
+    elif plain:
+        parts = [int(g) for g in plain.groups() if g is not None]
+        days, (hours, minutes, seconds) = 0, ([0, *parts, 0] if len(parts) == 1 else
+                                              [0, *parts] if len(parts) == 2 else parts)
+    else:
         raise ValueError(f"not a SLURM time limit: {value!r} (write MINUTES, HH:MM:SS or "
                          "D-HH:MM:SS)")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    if match.group(2) is None:  # MM:SS
-        hours, minutes, seconds = 0, int(match.group(3)), int(match.group(4))
-    return max(1, ((days * 24 + hours) * 60 + minutes) + (seconds > 0))
+    return ((days * 24 + hours) * 60 + minutes) + (seconds > 0)
 
 
 def _walltime(value: str) -> str:
@@ -187,6 +205,41 @@ class Resources(Entry):
     time: Walltime = "4:00:00"
 
 
+#: sbatch options the launch block sets and the pre-flight checks: {option: the key to use}
+SET_BY_LAUNCH = {
+    "partition": "launch.partition", "p": "launch.partition", "account": "launch.account",
+    "A": "launch.account", "qos": "launch.qos", "q": "launch.qos",
+    "time": "launch.KIND.time", "t": "launch.KIND.time", "nodes": "launch.KIND.nodes",
+    "N": "launch.KIND.nodes", "gpus": "launch.KIND.gpus_per_node",
+    "gpus-per-node": "launch.KIND.gpus_per_node", "gres": "launch.KIND.gpus_per_node",
+    "G": "launch.KIND.gpus_per_node", "cpus-per-task": "launch.KIND.cpus_per_task",
+    "c": "launch.KIND.cpus_per_task", "ntasks": "launch.KIND.tasks_per_node",
+    "n": "launch.KIND.tasks_per_node", "ntasks-per-node": "launch.KIND.tasks_per_node",
+    "mem": "launch.KIND.mem_gb", "mem-per-cpu": "launch.KIND.mem_gb",
+    "mem-per-gpu": "launch.KIND.mem_gb", "dependency": "(the stage graph)",
+    "d": "(the stage graph)", "kill-on-invalid-dep": "(the stage graph)",
+    "job-name": "(the stage's kind)", "J": "(the stage's kind)",
+    "output": "(the stage's log and output_dir/slurm/)", "o": "(the stage's log)",
+    "error": "(the stage's log)", "e": "(the stage's log)",
+    "signal": "launch.signal_delay_s"}
+
+
+def _sbatch_options(options: dict) -> dict:
+    problems = []
+    for key, value in options.items():
+        name = key.replace("_", "-") if len(key) > 1 else key
+        if name in SET_BY_LAUNCH:
+            problems.append(f"{key} is set by the launch block: use {SET_BY_LAUNCH[name]}")
+        elif not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+            problems.append(f"{key!r} is not an sbatch option name")
+        elif isinstance(value, str) and (not value or re.search(r"[\x00-\x1f\x7f]", value)):
+            problems.append(f"{key}: {value!r} would break the job script (empty, or a newline "
+                            "or other control character)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return options
+
+
 #: The stage kinds a `launch:` block gives resources to
 STAGE_KINDS = ("pretrain", "convert", "probe", "finetune", "evaluate", "report")
 
@@ -202,7 +255,8 @@ class Launch(Entry):
     qos: StrictStr = ""
     setup: list[StrictStr] = []  # shell lines run before each job (module load, activate)
     # further sbatch options, e.g. {constraint: a100, exclusive: true}; true: a flag
-    sbatch: dict[StrictStr, Union[StrictStr, StrictInt, StrictBool]] = {}
+    sbatch: Annotated[dict[StrictStr, Union[StrictStr, StrictInt, StrictBool]],
+                      AfterValidator(_sbatch_options)] = {}
     signal_delay_s: Annotated[StrictInt, Field(ge=10, le=3600)] = 120  # warning before the limit
     max_requeues: Annotated[StrictInt, Field(ge=0, le=100)] = 3  # after time limits, per job
     # the network interface of multi-node process groups (GLOO_/NCCL_SOCKET_IFNAME); "": the

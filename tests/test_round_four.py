@@ -1,0 +1,141 @@
+"""Round four's refusals, in-process: what the run file's schema, the YAML reader, the configs'
+own checks and the pre-flight refuse, each by name (the one-subprocess "no traceback" contract
+of each command line is in test_misuse.py and test_run_file.py)."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+import yaml
+
+from tiny_pipeline import DATA, mini_voc
+
+DEMO_PRETRAIN = "configs/demo/simclr_r50_small.yaml"
+DEMO_TRANSFER = "configs/demo/voc_raccoon_faster_rcnn.yaml"
+
+
+def _problems(tmp_path, spec, text=None) -> str:
+    from transfer.run_file import RunFileError
+    from transfer.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(spec))
+    with pytest.raises(RunFileError) as caught:
+        load_spec(str(path))
+    return str(caught.value)
+
+
+def test_overrides_of_keys_the_pipeline_sets_and_keys_given_twice_are_refused(tmp_path):
+    spec = {"output_dir": str(tmp_path / "out"),
+            "pretrain": [{"name": "a", "config": DEMO_PRETRAIN,
+                          "overrides": ["SOLVER.MAX_ITER", 2, "SOLVER.MAX_ITER", 20000]},
+                         {"name": "b", "config": DEMO_PRETRAIN, "overrides": ["OUTPUT_DIR", "x"]}],
+            "transfer": [{"name": "t", "config": DEMO_TRANSFER,
+                          "overrides": ["SEED", 3, "MODEL.WEIGHTS", "w.pkl"]}]}
+    problems = _problems(tmp_path, spec)
+    assert "SOLVER.MAX_ITER given twice in one overrides list" in problems
+    assert "OUTPUT_DIR is set by the pipeline (output_dir and the entry's name)" in problems
+    assert "SEED is set by the pipeline (repeats:" in problems
+
+
+def test_sbatch_options_cannot_override_the_launch_block_or_break_the_script(tmp_path):
+    spec = {"output_dir": str(tmp_path / "out"), "launch": {"executor": "slurm", "sbatch": {
+        "partition": "gpu", "time": "1:00:00", "mem": "10G", "comment": "a\n#SBATCH --qos=high",
+        "constraint": "a100", "exclusive": True}}}
+    problems = _problems(tmp_path, spec)
+    assert "partition is set by the launch block: use launch.partition" in problems
+    assert "time is set by the launch block: use launch.KIND.time" in problems
+    assert "mem is set by the launch block: use launch.KIND.mem_gb" in problems
+    assert "comment: 'a\\n#SBATCH --qos=high' would break the job script" in problems
+    assert "constraint" not in problems and "exclusive" not in problems
+    # one line per user key, never pydantic's union tags as if they were keys
+    assert ".str" not in problems and ".bool" not in problems
+
+
+def test_a_key_given_twice_in_the_run_file_is_refused_with_both_lines(tmp_path):
+    from ssl2det.errors import ConfigError
+    from transfer.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'a'}\npretrain: []\noutput_dir: {tmp_path / 'b'}\n")
+    with pytest.raises(ConfigError, match="the key 'output_dir' is given twice, on lines 1 and 3"):
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize("value, minutes", [
+    ("30", 30), ("30:15", 31), ("2:00:00", 120), ("1-02", 26 * 60), ("1-02:00", 26 * 60),
+    ("1-02:03", 26 * 60 + 3), ("1-02:03:04", 26 * 60 + 4)])
+def test_time_limits_read_as_slurm_reads_them(value, minutes):
+    from transfer.run_file import walltime_minutes
+
+    assert walltime_minutes(value) == minutes
+
+
+def _preflight_problems(tmp_path, spec) -> str:
+    from transfer.pipeline import build_stages
+    from transfer.preflight import PreflightError, preflight
+    from transfer.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **spec}))
+    loaded = load_spec(str(path))
+    with pytest.raises(PreflightError) as caught:
+        preflight(loaded, build_stages(loaded))
+    return str(caught.value)
+
+
+def test_the_preflight_reads_configs_and_annotations_as_the_stages_will(tmp_path):
+    """Budgets no stage can run, classes the annotations do not have, a split naming a missing
+    annotation, a COCO file cut short: each named in the one list, before any stage starts."""
+    voc = mini_voc(tmp_path / "voc")
+    broken = tmp_path / "broken_voc"
+    (broken / "ImageSets/Main").mkdir(parents=True)
+    (broken / "Annotations").mkdir()
+    (broken / "JPEGImages").symlink_to(DATA / "JPEGImages")
+    (broken / "ImageSets/Main/train.txt").write_text("no_such_id\n")
+    coco = tmp_path / "cut.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []})[:-7])
+    spec = {"datasets": {"register_voc": [["mini_train", str(voc), "train"],
+                                          ["broken_train", str(broken), "train"]],
+                         "register_coco": [["cut_coco", str(coco), str(DATA / "JPEGImages")]],
+                         "voc_classes": "dog"},
+            "pretrain": [{"name": "a", "config": DEMO_PRETRAIN,
+                          "overrides": ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT",
+                                        str(DATA / "unlabeled"), "KNN.PERIOD_EPOCHS", 0]},
+                         {"name": "b", "config": DEMO_PRETRAIN,
+                          "overrides": ["DATA.ROOT", str(DATA / "unlabeled"), "SOLVER.MAX_ITER",
+                                        -5]}],
+            "transfer": [{"name": "t", "config": DEMO_TRANSFER, "backbones": ["random"],
+                          "overrides": ["DATASETS.TRAIN", '("mini_train",)']},
+                         {"name": "v", "config": DEMO_TRANSFER, "backbones": ["random"],
+                          "overrides": ["SOLVER.MAX_ITER", 0]},
+                         {"name": "u", "config": DEMO_TRANSFER, "backbones": ["random"],
+                          "overrides": ["DATASETS.TRAIN", '("broken_train",)',
+                                        "DATASETS.TEST", '("cut_coco",)']}]}
+    problems = _preflight_problems(tmp_path, spec)
+    assert "KNN.PERIOD_EPOCHS must be 1 or more" in problems
+    assert "SOLVER.MAX_ITER must be positive, or 0 to run SOLVER.EPOCHS; got -5" in problems
+    assert "SOLVER.MAX_ITER must be 1 or more, got 0" in problems
+    assert "data set mini_train: its annotations name classes that are not among its classes " \
+           "(dog): 'raccoon'" in problems
+    assert f"names no_such_id, but {broken / 'Annotations/no_such_id.xml'} does not exist" in problems
+    assert f"data set cut_coco: {coco} is not a whole JSON object (cut short" in problems
+
+
+def test_weights_with_nan_are_refused_by_the_preflight_and_the_converter(tmp_path):
+    from transfer.convert import ConversionError, convert_checkpoint
+
+    state = torchvision.models.resnet50().state_dict()
+    state["layer3.1.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(ConversionError, match="layer3.1.conv2.weight holds 1 NaN or infinite"):
+        convert_checkpoint(str(tmp_path / "nan.pth"))
+    (tmp_path / "folder.pth").mkdir()
+    spec = {"backbones": [{"name": "nan", "weights": str(tmp_path / "nan.pth")},
+                          {"name": "folder", "weights": str(tmp_path / "folder.pth")}],
+            "transfer": [{"name": "t", "config": DEMO_TRANSFER, "backbones": ["nan", "folder"],
+                          "overrides": ["DATASETS.TRAIN", '("coco_2017_val",)']}]}
+    problems = _preflight_problems(tmp_path, spec)
+    assert "layer3.1.conv2.weight holds 1 NaN or infinite value(s)" in problems
+    assert f"weights file {tmp_path / 'folder.pth'} is a folder" in problems
