@@ -50,7 +50,10 @@ def test_sbatch_options_cannot_override_the_launch_block_or_break_the_script(tmp
     assert "comment: 'a\\n#SBATCH --qos=high' would break the job script" in problems
     assert "constraint" not in problems and "exclusive" not in problems
     # one line per user key, never pydantic's union tags as if they were keys
-    assert ".str" not in problems and ".bool" not in problems
+    spec["launch"]["sbatch"] = {"nodelist": [1, 2]}
+    problems = _problems(tmp_path, spec)
+    assert ("launch.sbatch.nodelist: should be a string or an integer or true/false, got [1, 2]"
+            in problems) and ".str" not in problems and ".bool" not in problems
 
 
 def test_a_key_given_twice_in_the_run_file_is_refused_with_both_lines(tmp_path):

@@ -380,13 +380,35 @@ def _message(error) -> str:
     return f"{where}: {text}{shown}"
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list|dict)$|^[a-z-]+\[")
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false"}
+
+
+def _messages(errors) -> list:
+    """One line per key: a value that fits no member of a union (StrictStr | StrictInt | ...)
+    is one line naming the key and the types it may have, not one per member under the
+    members' names as if they were keys."""
+    lines, unions = [], {}
+    for error in errors:
+        loc = error["loc"]
+        if loc and isinstance(loc[-1], str) and _UNION_TAG.match(loc[-1]):
+            unions.setdefault(loc[:-1], (error, []))[1].append(loc[-1])
+        else:
+            lines.append(_message(error))
+    for loc, (error, tags) in unions.items():
+        kinds = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, t) for t in tags))
+        shown = f", got {error.get('input')!r}"[:120]
+        lines.append(f"{_location(loc) or 'the file'}: should be {kinds}{shown}")
+    return lines
+
+
 def read_run_file(path: str) -> RunFile:
     """The run file at `path`, checked; a RunFileError lists every problem, one per line."""
     raw = read_yaml_mapping(path, "run file")
     try:
         run_file, lines = RunFile.model_validate(raw), []
     except ValidationError as e:
-        run_file, lines = None, [_message(error) for error in e.errors()]
+        run_file, lines = None, _messages(e.errors())
     lines = list(dict.fromkeys(lines + _name_problems(raw)))
     if lines:
         raise RunFileError(f"{path}: {len(lines)} problem(s) in the run file "
