@@ -7,6 +7,7 @@ import os
 import re
 
 import torch
+from detectron2.engine import HookBase
 
 from .io import CheckpointError, UnreadableCheckpointError, atomic_write
 
@@ -78,3 +79,37 @@ class AtomicSaveMixin:
         for tmp in glob.glob(os.path.join(self.save_dir, ".*.tmp")):
             self.logger.warning(f"removing {tmp}, an unfinished write of a killed run")
             os.remove(tmp)
+
+
+def prune_periodic_checkpoints(save_dir: str, keep: int, prefix: str = "model") -> list:
+    """Remove all but the newest `keep` periodic checkpoints (PREFIX_NNNNNNN.pth) of `save_dir`,
+    never the one `last_checkpoint` names and never PREFIX_final.pth; `keep` 0 keeps all. Run
+    after a save completes, so the checkpoint a resume would read is always whole. Returns
+    what was removed. (fvcore's `max_to_keep` forgets the checkpoints of earlier runs of a
+    resumed job; this reads the folder.)"""
+    if keep <= 0:
+        return []
+    try:
+        with open(os.path.join(save_dir, "last_checkpoint")) as f:
+            named = f.read().strip()
+    except OSError:
+        named = ""
+    periodic = sorted(p for p in glob.glob(os.path.join(save_dir, f"{prefix}_*.pth"))
+                      if re.fullmatch(rf"{re.escape(prefix)}_\d+\.pth", os.path.basename(p)))
+    removed = [p for p in periodic[:-keep] if os.path.basename(p) != named]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
+class KeepLastCheckpoints(HookBase):
+    """A hook after detectron2's PeriodicCheckpointer: the periodic checkpoints pruned to the
+    newest `keep` after each period's save (an R50 pretraining checkpoint is 336 MB; a
+    200-epoch ImageNet run would otherwise leave ~100). Rank 0 only writes, so it alone prunes."""
+
+    def __init__(self, save_dir: str, period: int, keep: int, main_process: bool = True):
+        self.save_dir, self.period, self.keep, self.main = save_dir, period, keep, main_process
+
+    def after_step(self):
+        if self.main and (self.trainer.iter + 1) % self.period == 0:
+            prune_periodic_checkpoints(self.save_dir, self.keep)

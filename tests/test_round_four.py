@@ -142,3 +142,31 @@ def test_weights_with_nan_are_refused_by_the_preflight_and_the_converter(tmp_pat
     problems = _preflight_problems(tmp_path, spec)
     assert "layer3.1.conv2.weight holds 1 NaN or infinite value(s)" in problems
     assert f"weights file {tmp_path / 'folder.pth'} is a folder" in problems
+
+
+def test_periodic_checkpoints_are_pruned_to_the_newest_few_never_the_one_to_resume(tmp_path):
+    from ssl2det.checkpoint import prune_periodic_checkpoints
+
+    for i in (1, 3, 5, 7, 9):
+        (tmp_path / f"model_{i:07d}.pth").write_bytes(b"x")
+    (tmp_path / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")  # (a resume chose an old one)
+    removed = prune_periodic_checkpoints(str(tmp_path), keep=2)
+    assert sorted(p.rsplit("/", 1)[1] for p in removed) == ["model_0000003.pth", "model_0000005.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000001.pth", "model_0000007.pth", "model_0000009.pth", "model_final.pth"]
+    assert prune_periodic_checkpoints(str(tmp_path), keep=0) == []  # 0 keeps every one
+
+
+def test_the_disk_estimate_counts_only_the_checkpoints_kept(tmp_path):
+    from transfer.pipeline import build_stages, load_spec
+    from transfer.preflight import _pretrain_checkpoints
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"),
+        "pretrain": [{"name": "a", "config": DEMO_PRETRAIN, "overrides": [
+            "SOLVER.MAX_ITER", 1000, "SOLVER.CHECKPOINT_PERIOD", 10]}]}))
+    cfg = build_stages(load_spec(str(tmp_path / "run.yaml")))[0].config
+    assert _pretrain_checkpoints(cfg, 10_000) == 3 + 1  # the kept three and the final one
+    cfg.defrost()
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 0
+    assert _pretrain_checkpoints(cfg, 10_000) == 100 + 1

@@ -24,7 +24,8 @@ NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
 
 #: Keys that change how a run runs, not its results (where outputs go, devices, workers,
 #: periods): the pipeline leaves a finished stage alone when only these change.
-RUNTIME_KEYS = ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "DATALOADER.NUM_WORKERS",
+RUNTIME_KEYS = ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CHECKPOINTS_TO_KEEP",
+                "DATALOADER.NUM_WORKERS",
                 "DATALOADER.BAD_IMAGES", "MODEL.DEVICE", "VIS_PERIOD", "CUDNN_BENCHMARK")
 #: What a resumed fine-tuning (--resume) may change: the runtime keys, its length, data,
 #: evaluation and initial weights (unused by a resume). Any other change (the model, classes,
@@ -42,6 +43,9 @@ def add_transfer_config(cfg):
     cfg.INPUT.RANDOM_SCALE = ()
     # The FCN head's dilation (transfer/modeling.py; MoCo: 6).
     cfg.MODEL.SEM_SEG_HEAD.DILATION = 6
+    # Periodic checkpoints kept (the newest N; model_final.pth and the one last_checkpoint
+    # names always stay); 0 keeps every one. Ours: 3.
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 3
 
 
 def get_cfg():
@@ -95,6 +99,9 @@ def merge_config(config_file: str, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"bad config ({config_file} + overrides): {e}") from None
+    if cfg.SOLVER.CHECKPOINTS_TO_KEEP < 0:
+        raise ConfigError("SOLVER.CHECKPOINTS_TO_KEEP must be 0 (keep all) or more, got "
+                          f"{cfg.SOLVER.CHECKPOINTS_TO_KEEP}")
     for key in ("SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH"):
         if get_key(cfg, key) < 1:
             raise ConfigError(f"{key} must be 1 or more, got {get_key(cfg, key)} ({config_file} "

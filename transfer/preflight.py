@@ -79,9 +79,10 @@ def _grouped(found) -> list:
 def _checkpoints(stage) -> int:
     """How many checkpoints a training stage keeps (every period, and the final one)."""
     cfg = stage.config
-    period = cfg.SOLVER.CHECKPOINT_PERIOD
+    period, keep = cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINTS_TO_KEEP
     iters = cfg.SOLVER.MAX_ITER
-    return (iters // period if period and iters > 0 else 0) + 1
+    periodic = iters // period if period and iters > 0 else 0
+    return (min(periodic, keep) if keep else periodic) + 1
 
 
 def output_dir_problem(root) -> str:
@@ -264,7 +265,8 @@ def _pretrain_checkpoints(cfg, images: int) -> int:
     iterations = cfg.SOLVER.EPOCHS * (images // cfg.SOLVER.BATCH_SIZE)
     if cfg.SOLVER.MAX_ITER > 0:
         iterations = min(iterations, cfg.SOLVER.MAX_ITER) if iterations else cfg.SOLVER.MAX_ITER
-    return iterations // cfg.SOLVER.CHECKPOINT_PERIOD + 1
+    periodic, keep = iterations // cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINTS_TO_KEEP
+    return (min(periodic, keep) if keep else periodic) + 1
 
 
 def _register_datasets(spec) -> list:

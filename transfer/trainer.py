@@ -12,6 +12,7 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 
+from ssl2det.checkpoint import KeepLastCheckpoints
 from ssl2det.detectron2_internals import quiet_training_exceptions, train_loader_arguments
 from ssl2det.errors import ConfigError, UserError
 from ssl2det.io import atomic_write
@@ -73,7 +74,10 @@ class Trainer(DefaultTrainer):
         self.eval_results = {}
         return [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
                 if isinstance(hook, hooks.EvalHook) else hook
-                for hook in super().build_hooks()] + [CheckpointOnSignal(self.checkpointer)]
+                for hook in super().build_hooks()] + [
+            KeepLastCheckpoints(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                self.cfg.SOLVER.CHECKPOINTS_TO_KEEP, comm.is_main_process()),
+            CheckpointOnSignal(self.checkpointer)]
 
     def train(self):
         quiet_training_exceptions(_is_user_error)  # reported as one line by the entry point

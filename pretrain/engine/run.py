@@ -9,6 +9,7 @@ from detectron2.engine import hooks
 from detectron2.utils.events import JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
+from ssl2det.checkpoint import KeepLastCheckpoints
 from ssl2det.device import resolve_device
 from ssl2det.distributed import (convert_sync_batchnorm, get_world_size, init_distributed,
                                  is_main_process, rank_groups, ranks_from_environment,
@@ -99,6 +100,8 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
         hooks.IterationTimer(warmup_iter=0),
         KNNMonitor(cfg, method.encoder, device) if knn else None,
         hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+        KeepLastCheckpoints(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD,
+                            cfg.SOLVER.CHECKPOINTS_TO_KEEP, rank == 0),
         hooks.PeriodicWriter(writers, period=cfg.LOG_PERIOD) if writers else None,
         CheckpointOnSignal(checkpointer),
         ProgressBar(cfg.SOLVER.BATCH_SIZE),
