@@ -40,8 +40,8 @@ class Protocol:
 PROTOCOLS = {
     "ours": Protocol(True, 256, 0.01, "cosine_per_step", False, "normal", False, "ours"),
     "infocl": Protocol(False, 128, 0.01, "multistep_60_80", True, "pytorch", False,
-                       "InfoCL SimCLR/eval_lr.py:110-115 (batch, drop_last), :133-135 (layer, "
-                       "SGD 0.01, MultiStepLR [60, 80])"),
+                       "InfoCL SimCLR/eval_lr.py:15 (batch), :104-109 (drop_last), :133-135 "
+                       "(layer, SGD 0.01, MultiStepLR [60, 80])"),
     "infocl_imagenet": Protocol(False, 256, 0.3, "cosine_per_epoch", True, "normal", True,
                                 "InfoCL SimCLR/eval_lr_imagenet.py:15-16 (batch 256, 100 "
                                 "epochs), :26 (lr 0.3), :80-90 (augmentation), :111-116 "
