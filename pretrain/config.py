@@ -48,6 +48,10 @@ _C.DATA.DECODE_ONCE = False
 # 1.28M files are listed once, then each start checks the folders' modification times. Ours.
 _C.DATA.FILE_INDEX = True
 _C.DATA.INDEX_DIR = ""  # where the lists are kept; "" for OUTPUT_DIR/file_index
+# List every image folder again and write its index anew. Needed where files were added to a
+# folder whose modification time was then put back (rsync -t, a restored backup): the index,
+# which trusts the folders' times, cannot see that. Ours.
+_C.DATA.REBUILD_FILE_INDEX = False
 
 _C.INPUT = CN()
 _C.INPUT.SIZE = 224  # side of the square views
@@ -192,7 +196,7 @@ _C.PROBE.PROTOCOL = "ours"
 #: outputs go, the kNN monitor): the pipeline leaves a finished run alone when only these change.
 #: Entries ending in "." are prefixes.
 RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT_WORKERS",
-                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "KNN.", "DIST.", "PROBE.",
+                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "DATA.REBUILD_FILE_INDEX", "KNN.", "DIST.", "PROBE.",
                 "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CHECKPOINTS_TO_KEEP", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
                 "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE")
 #: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data

@@ -114,3 +114,31 @@ def test_ranks_share_one_listing(folder, tmp_path):
     assert ranks[0]["walked"] > 0 and ranks[1]["walked"] == 0  # rank 1 read rank 0's index
     assert ranks[0]["samples"] == ranks[1]["samples"]
     assert [tuple(s) for s in ranks[0]["samples"]] == ImageFiles(str(folder)).samples
+
+
+@pytest.mark.parametrize("edit", ["names_a_string", "outside_the_root", "no_such_class",
+                                  "directories_a_list"])
+def test_a_hand_edited_index_is_listed_again_never_used(folder, tmp_path, count_walks, edit,
+                                                        caplog):
+    """The index is data to check, not to trust: an entry of the wrong type, a path that leaves
+    the root, a label with no class, is named in a warning and the folder listed again."""
+    index_dir = str(tmp_path / "index")
+    listed = ImageFiles(str(folder), index_dir=index_dir)
+    path = index_path(index_dir, str(folder))
+    record = json.loads(open(path).read())
+    if edit == "names_a_string":
+        record["groups"][0][2] = "0.jpg"
+    elif edit == "outside_the_root":
+        record["groups"][0][0] = "../../etc"
+    elif edit == "no_such_class":
+        record["groups"][0][1] = 7
+    else:
+        record["directories"] = list(record["directories"])
+    with open(path, "w") as f:
+        json.dump(record, f)
+    _age(folder)
+    count_walks.clear()
+    with caplog.at_level("WARNING"):
+        again = ImageFiles(str(folder), index_dir=index_dir)
+    assert count_walks and again.samples == listed.samples
+    assert f"the file index {path} cannot be read" in caplog.text

@@ -9,6 +9,7 @@ from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.errors import ConfigError, DatasetError
 
 from .datasets import ImageFiles, SeededViews
+from .file_index import index_path
 from .device_bank import DeviceImageBank
 from .device_decode import DecodeOnDevice, EncodedViews, collate_encoded
 from .sampler import EpochBatchSampler
@@ -53,6 +54,12 @@ def image_folder(cfg, root: str, transform=None, report_bad_images: bool = False
     """ImageFiles of `root` with the config's bad-image policy and file index. Under DDP rank 0
     lists the folder (and writes the index) while the others wait, then they read the index
     instead of listing 1.28M files each (on nodes that cannot see it they list it themselves)."""
+    if cfg.DATA.REBUILD_FILE_INDEX and file_index_dir(cfg) and get_rank() == 0:
+        path = index_path(file_index_dir(cfg), root)
+        if os.path.exists(path):
+            os.remove(path)  # listed again below, and written anew
+            logger.info(f"DATA.REBUILD_FILE_INDEX: {root} is listed again")
+
     def build():
         return ImageFiles(root, transform, bad_images=cfg.DATA.BAD_IMAGES,
                           report_dir=cfg.OUTPUT_DIR if report_bad_images else "",

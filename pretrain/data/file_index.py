@@ -42,6 +42,29 @@ def _directory_times(root: str, directories) -> dict:
     return times
 
 
+def _inside(relative: str) -> bool:
+    """A relative path that stays inside the root (no absolute path, no '..')."""
+    return isinstance(relative, str) and not os.path.isabs(relative) and ".." not in (
+        relative.split(os.sep))
+
+
+def _check_entries(groups, ignored, directories, classes: int) -> None:
+    """The index read as data, not trusted: every entry of the type the listing writes, inside
+    the root, labelled with a class there is. A ValueError names the first that is not (a hand
+    edit, a damaged file): the folder is then listed again."""
+    for folder, label, names in groups:
+        if not (_inside(folder) and isinstance(label, int) and 0 <= label < classes
+                and isinstance(names, list)
+                and all(isinstance(n, str) and n and os.sep not in n and n != ".." for n in names)):
+            raise ValueError(f"the entry for {folder!r} is not a folder inside the root with a "
+                             "class and a list of file names")
+    if not (isinstance(ignored, list) and all(_inside(p) for p in ignored)):
+        raise ValueError("'ignored' is not a list of paths inside the root")
+    if not (isinstance(directories, dict) and all(
+            _inside(d) and isinstance(t, int) for d, t in directories.items())):
+        raise ValueError("'directories' is not a map of folders inside the root to times")
+
+
 class FileIndex:
     """What a listing found: the images as groups [folder relative to root, label, [file
     names]] in listing order, the files it ignored (no image extension; relative paths), and
@@ -92,9 +115,9 @@ class FileIndex:
             stale = (record["version"] != VERSION or record["root"] != os.path.realpath(root)
                      or record["classes"] != list(classes))
             recorded = record["directories"]
-            groups = [(str(folder), int(label), list(map(str, names)))
-                      for folder, label, names in record["groups"]]
-            ignored = list(record["ignored"])
+            groups = [(folder, label, names) for folder, label, names in record["groups"]]
+            ignored = record["ignored"]
+            _check_entries(groups, ignored, recorded, len(classes))
         except (OSError, ValueError, KeyError, TypeError) as e:
             logger.warning(f"the file index {path} cannot be read ({type(e).__name__}: {e}); "
                            f"listing {root} again")
