@@ -16,7 +16,6 @@ from tiny_pipeline import run_pipeline as _run
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("cluster")  # its run is the one the SLURM test compares with
 def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(tiny_local_run):
     """Pretraining and a torchvision checkpoint file as a second backbone, each fine-tuned with
     two seeds (tests/tiny_pipeline.py): the report's mean ± std are those of the per-seed

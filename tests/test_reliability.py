@@ -67,7 +67,7 @@ class CodeCarrier:
 # --- kills and damaged checkpoints: pretraining ----------------------------------------------
 
 @pytest.fixture(scope="module")
-def uninterruptedrun(shared_data, tmp_path_factory):
+def uninterrupted_run(shared_data, tmp_path_factory):
     """MoCo v2 with the jigsaw branch (optimiser, queue, momentum encoder, the jigsaw's orders:
     every kind of state), 6 iterations."""
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -173,7 +173,7 @@ def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_file_whole(tmp_pat
     assert child.returncode == -signal.SIGKILL
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
     assert list(tmp_path.glob(".model_0000001.pth.*.tmp")), "the unfinished write is a temp file"
-    assert checkpointer.resume_orload_checkpoint("", resume=True)["iteration"] == 1
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
     assert not list(tmp_path.glob(".*.tmp")), "a resume removes what the killed write left"
 
 
@@ -182,7 +182,7 @@ def test_a_kill_inside_the_first_checkpoint_write_is_cleaned_up_by_the_resume(tm
     from pretrain.engine.checkpoint import AtomicCheckpointer
 
     (tmp_path / ".model_0000000.pth.abc123.tmp").write_bytes(b"x" * 1000)
-    assert AtomicCheckpointer(torch.nn.Linear(3, 3), str(tmp_path)).resume_orload_checkpoint(
+    assert AtomicCheckpointer(torch.nn.Linear(3, 3), str(tmp_path)).resume_or_load(
         "", resume=True) == {}
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -214,14 +214,14 @@ def test_resume_skips_an_unreadable_checkpoint_and_refuses_code(bad, tmp_path, c
     if bad == "no checkpoint left":
         with pytest.raises(CheckpointError, match="no usable checkpoint in .*model_0000003.pth, "
                                                   "model_0000001.pth"):
-            checkpointer.resume_orload_checkpoint("", resume=True)
+            checkpointer.resume_or_load("", resume=True)
         return
-    assert checkpointer.resume_orload_checkpoint("", resume=True)["iteration"] == 1
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 1
     assert "model_0000003.pth cannot be loaded" in caplog.text
     assert not marker.exists(), "unpickling ran the file's code"
 
 
-def test_resume_refuses_instead_of_skipping_a_checkpoint_of_anotherrun(tmp_path):
+def test_resume_refuses_instead_of_skipping_a_checkpoint_of_another_run(tmp_path):
     from pretrain.engine.checkpoint import AtomicCheckpointer, RunState
     from ssl2det.io import CheckpointError
 
@@ -231,7 +231,7 @@ def test_resume_refuses_instead_of_skipping_a_checkpoint_of_anotherrun(tmp_path)
     AtomicCheckpointer(model, str(tmp_path), run_state=RunState(dict(mine, arch="resnet50"))).save(
         "model_0000003")
     with pytest.raises(CheckpointError, match="arch was 'resnet50', now 'resnet18'"):
-        AtomicCheckpointer(model, str(tmp_path), expected_meta=mine).resume_orload_checkpoint("")
+        AtomicCheckpointer(model, str(tmp_path), expected_meta=mine).resume_or_load("")
 
 
 def test_stage_two_loads_refuse_code_in_pkl_and_pth_files(tmp_path):
