@@ -48,6 +48,19 @@ def _dependencies(out, job) -> set:
     return set(found.group(1).split(":")) if found else set()
 
 
+def _assert_equals_two_local_processes(weights, overrides, out):
+    """`weights` (a model_final.pth) equal, tensor for tensor, to the same pretraining as two
+    gloo processes of our launcher on this machine (one thread each, as torchrun sets it)."""
+    local = subprocess.run([sys.executable, "-m", "pretrain.launch",
+                            str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus", "0",
+                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(out)],
+                           capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert local.returncode == 0, local.stderr[-3000:]
+    ours = torch.load(weights, weights_only=True)["model"]
+    theirs = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_local_run(
         tiny_local_run, tmp_path):
     """Each stage its own job (ids recorded), dependencies as the stage graph says. The
@@ -116,15 +129,8 @@ def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(tmp_pa
         "pretrain": [{"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
                       "overrides": overrides}]})
     run_pipeline(run_file, "--wait")
-    torchrun = subprocess.run([sys.executable, "-m", "pretrain.launch",
-                               str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus",
-                               "0", "--num-procs", "2", *overrides, "OUTPUT_DIR",
-                               str(tmp_path / "torchrun")],
-                              capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
-    ours = torch.load(tmp_path / "slurm/pretrain/a/model_final.pth", weights_only=True)["model"]
-    theirs = torch.load(tmp_path / "torchrun/model_final.pth", weights_only=True)["model"]
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_equals_two_local_processes(tmp_path / "slurm/pretrain/a/model_final.pth", overrides,
+                                       tmp_path / "torchrun")
     scale = _record(tmp_path / "slurm/pretrain/a/scale.json")
     assert scale["world_size"] == 2 and scale["batch_per_process"] == 4
     assert (tmp_path / "slurm/pretrain/a/pretrain.log.rank1").is_file()
@@ -250,13 +256,8 @@ def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tm
     for rank, node in ((0, "mn1"), (1, "mn2")):
         assert re.search(rf"\[distributed\] rank {rank} on {node}: master mn1:\d+ over eth0 "
                          rf"\(10\.88\.0\.1{rank + 1}\)", srun.stderr), srun.stderr[-3000:]
-    local = subprocess.run([sys.executable, "-m", "pretrain.launch", config, "--num-gpus", "0",
-                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(tmp_path / "local")],
-                           capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert local.returncode == 0, local.stderr[-3000:]
-    ours = torch.load(tmp_path / "srun/model_final.pth", weights_only=True)["model"]
-    theirs = torch.load(tmp_path / "local/model_final.pth", weights_only=True)["model"]
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_equals_two_local_processes(tmp_path / "srun/model_final.pth", overrides,
+                                       tmp_path / "local")
     scale = _record(tmp_path / "srun/scale.json")
     assert scale["nodes"] == 2 and scale["ranks"] == [
         {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
@@ -322,14 +323,7 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(tw
     assert log.count("continuing at iteration") == 2, log[-3000:]
     print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after SIGKILL")
 
-    local = subprocess.run([sys.executable, "-m", "pretrain.launch",
-                            "configs/demo/simclr_r50_small.yaml", "--num-gpus", "0",
-                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(tmp_path / "local")],
-                           capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert local.returncode == 0, local.stderr[-3000:]
-    ours = torch.load(folder / "model_final.pth", weights_only=True)["model"]
-    theirs = torch.load(tmp_path / "local/model_final.pth", weights_only=True)["model"]
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _assert_equals_two_local_processes(folder / "model_final.pth", overrides, tmp_path / "local")
 
     finetune = tmp_path / "run/finetune/det/simclr"
     assert "[distributed] rank 1 on mn2" in (finetune / "finetune.log.rank1").read_text()
