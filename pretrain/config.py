@@ -101,9 +101,11 @@ _C.MODEL.STEM_STRIDE = 1  # that conv's stride: 1 (CIFAR), 2 (InfoCL's STL-10 at
 _C.MODEL.INIT = "torchvision"
 _C.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cpu"
 _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
-# > 0: under DDP the encoder's (and heads') BN normalises each view over this many images, in
-# groups of BN_GROUP_IMAGES / (batch per process) consecutive ranks, whatever SYNC_BN says
-# (InfoCL's ImageNet: 256, its 4-GPU DataParallel's share of 1024). 0: SYNC_BN decides.
+# > 0: the encoder's (and heads') BN normalises each view over this many images, whatever
+# SYNC_BN says: more than a process's batch, in groups of BN_GROUP_IMAGES / (batch per process)
+# consecutive ranks; less, over equal parts of each process's batch (pretrain/models/split_bn.py;
+# ghost batch norm). InfoCL's ImageNet: 256, its 4-GPU DataParallel's share of 1024; MoCo v2 and
+# InfoMin: 32, their 8 GPUs' share of 256. 0: SYNC_BN decides.
 _C.MODEL.BN_GROUP_IMAGES = 0
 _C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
 _C.MODEL.COMPILE = False  # torch.compile the model

@@ -523,10 +523,11 @@ def test_infocls_imagenet_batch_norm_sees_256_images_on_any_number_of_processes(
     from ddp_helpers import batch_norm_groups_on_ranks
 
     from pretrain.config import load_config
-    from pretrain.engine.run import batch_norm_ranks
+    from pretrain.engine.run import batch_norm_ranks, batch_norm_splits
 
     cfg = load_config(str(CONFIGS / "infocl_imagenet_simclr.yaml"))
     assert cfg.MODEL.BN_GROUP_IMAGES == 256 and cfg.SOLVER.BATCH_SIZE == 1024
     assert [batch_norm_ranks(cfg, world) for world in (4, 8, 16)] == [1, 2, 4]
+    assert [batch_norm_splits(cfg, world) for world in (1, 2, 4, 8)] == [4, 2, 1, 1]
     # 4 gloo processes in groups of 2: each rank's BN output is BN over its pair's images
     assert batch_norm_groups_on_ranks(4, 2, str(tmp_path))

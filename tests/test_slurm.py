@@ -223,10 +223,23 @@ def _training_rank(job: str, rank: int) -> int:
     return pids[0]
 
 
-def _iterations(folder) -> int:
+def _last_iteration(folder) -> int:
+    """The last iteration the pretraining in `folder` logged (-1 before the first)."""
     path = folder / "metrics.json"
-    return sum('"iteration"' in line for line in path.read_text().splitlines()) \
-        if path.is_file() else 0
+    found = re.findall(r'"iteration": (\d+)', path.read_text()) if path.is_file() else []
+    return max(map(int, found), default=-1)
+
+
+def _lose_node(node: str) -> None:
+    """What a node's loss looks like from the others: every process in its network namespace,
+    its slurmd included, killed at once."""
+    namespace = os.stat(f"/var/run/netns/{node}").st_ino
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.stat(proc / "ns/net").st_ino == namespace:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _ended(job: str) -> bool:
@@ -285,14 +298,17 @@ def test_a_master_the_node_cannot_reach_is_one_line_within_seconds(two_nodes, tm
     assert "mn2 cannot reach the master 10.88.1.1:29911 (Network is unreachable)" in result.stderr
 
 
-def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(two_nodes, tmp_path):
+def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_resumes_exactly(
+        two_nodes, tmp_path):
     """Pretraining and fine-tuning across the two nodes through the pipeline. A rank on mn2
     that hangs (SIGSTOP): rank 0 stops after DIST.TIMEOUT_S, srun ends the job
     (--kill-on-bad-exit) within DIST.TIMEOUT_S + 60 s, no process of it is left, --status
     names the failure. Submitted again, it resumes; a rank on mn2 that dies (SIGKILL) ends the
-    job within 60 s, the same way. Submitted again, it runs to the report; the pretrained weights
-    equal an uninterrupted 2-process run on one machine, and the 2-node fine-tuning equals its
-    command run as 2 processes here."""
+    job within 60 s, the same way. Submitted again, it resumes; node mn2 is lost (its slurmd
+    and processes killed): the job stops running within 120 s (it fails, or SLURM requeues it
+    for the node failure); with the node back, the run file submitted again runs (or follows
+    the requeued job) to the report. The pretrained weights equal an uninterrupted 2-process
+    run on one machine, and the 2-node fine-tuning equals its command run as 2 processes here."""
     timeout_s = 20
     overrides = [*QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", "6", "DIST.TIMEOUT_S", str(timeout_s)]
     spec = tiny_spec(tmp_path, tmp_path / "run", launch=MULTI)
@@ -302,9 +318,9 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(tw
     run_file = write_run_file(tmp_path / "run.yaml", spec)
     folder = tmp_path / "run/pretrain/simclr"
 
-    def fault(signal_name, after_iterations, bound_s):
+    def fault(signal_name, after_iteration, bound_s):
         job = _record(folder / "stage.json")["run"]["id"]
-        wait_until(lambda: _iterations(folder) >= after_iterations, "the pretraining's progress")
+        wait_until(lambda: _last_iteration(folder) >= after_iteration, "the pretraining's progress")
         os.kill(_training_rank(job, 1), getattr(signal, signal_name))
         started = time.monotonic()
         wait_until(lambda: _ended(job), f"the job's end after {signal_name}", bound_s)
@@ -314,14 +330,28 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_resumes_exactly(tw
         return time.monotonic() - started
 
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
-    hung = fault("SIGSTOP", 8, timeout_s + 60)
+    hung = fault("SIGSTOP", 7, timeout_s + 60)  # (checkpoints after iterations 6, 12, 18)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
-    dead = fault("SIGKILL", 14, 60)
+    dead = fault("SIGKILL", 13, 60)
+    assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
+    job = _record(folder / "stage.json")["run"]["id"]
+    wait_until(lambda: _last_iteration(folder) >= 19, "the pretraining's progress")
+    _lose_node("mn2")
+    started = time.monotonic()
+    wait_until(lambda: _squeue("--states=all", "-j", job, "-o", "%T").strip() not in (
+        "RUNNING", "COMPLETING"), "the job to stop running after the node's loss", 120)
+    lost = time.monotonic() - started
+    after = _squeue("--states=all", "-j", job, "-o", "%T").strip()
+    subprocess.run(["bash", str(REPO / "tools/slurm/local_cluster.sh"), "start", "--nodes", "2"],
+                   check=True, capture_output=True)  # the node is back
+    if after == "PENDING":  # requeued by SLURM for the node failure: held a while, released
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
     followed = run_pipeline(run_file, "--wait")
     assert "[pipeline] finished in" in followed, followed[-2000:]
     log = (folder / "pretrain.log").read_text()
-    assert log.count("continuing at iteration") == 2, log[-3000:]
-    print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after SIGKILL")
+    assert log.count("continuing at iteration") == 3, log[-3000:]
+    print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after "
+          f"SIGKILL; lost node: job {after.lower()} {lost:.0f} s after the loss")
 
     _assert_equals_two_local_processes(folder / "model_final.pth", overrides, tmp_path / "local")
 

@@ -23,6 +23,7 @@ from ..checkpoint_format import run_meta
 from ..data import augment_on_device, build_pretrain_loader
 from ..data.device_augment import DeviceAugment
 from ..methods import build_method
+from ..models.split_bn import split_batch_norm
 from .checkpoint import AtomicCheckpointer, RunState
 from .hooks import KNNMonitor, ProgressBar
 from .optim import build_optimizer, scaled_lr
@@ -56,6 +57,10 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     method = build_method(cfg)
     if world > 1:
         method = synchronise_batch_norm(cfg, method, world, device.type)
+    splits = batch_norm_splits(cfg, world)
+    if splits > 1:  # (objectives whose BN is global keep theirs)
+        method = split_batch_norm(method, splits,
+                                  skip=[o for o in method.objectives if o.global_batch_norm])
     memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
     method.to(device, memory_format=memory_format)
     optimizer = build_optimizer(cfg, method)
@@ -109,6 +114,19 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     return trainer
 
 
+def batch_norm_splits(cfg, world: int) -> int:
+    """Into how many parts each process's batch is split for the encoder's BN: MODEL.
+    BN_GROUP_IMAGES below the batch per process asks for parts of that many images."""
+    images, per_process = cfg.MODEL.BN_GROUP_IMAGES, cfg.SOLVER.BATCH_SIZE // world
+    if not images or images >= per_process:
+        return 1
+    if per_process % images:
+        raise ConfigError(f"MODEL.BN_GROUP_IMAGES {images} does not divide the batch per "
+                          f"process, {per_process} ({cfg.SOLVER.BATCH_SIZE} over {world}): "
+                          "choose a SOLVER.BATCH_SIZE or number of processes it divides")
+    return per_process // images
+
+
 def batch_norm_ranks(cfg, world: int) -> int:
     """How many consecutive ranks' batches the encoder's BN normalises together: 1 (each its
     own), `world` (all: SYNC_BN), or MODEL.BN_GROUP_IMAGES' worth."""
@@ -116,6 +134,8 @@ def batch_norm_ranks(cfg, world: int) -> int:
     if not images:
         return world if cfg.MODEL.SYNC_BN else 1
     per_process = cfg.SOLVER.BATCH_SIZE // world
+    if images < per_process:
+        return 1  # parts of each process's batch (batch_norm_splits)
     ranks = max(1, images // per_process)
     if ranks > world or images % per_process:
         ranks = min(ranks, world)
@@ -156,7 +176,7 @@ def say_scale(cfg, world: int, ranks=()) -> dict:
              "lr_rule": f"SOLVER.BASE_LR {s.BASE_LR:g}" + ("" if s.LR_SCALING == "none" else
                         f" x {'sqrt of ' if s.LR_SCALING == 'sqrt' else ''}(BATCH_SIZE "
                         f"{s.BATCH_SIZE} / REFERENCE_BATCH_SIZE {s.REFERENCE_BATCH_SIZE})"),
-             "batch_norm_images": per_process * bn_ranks,
+             "batch_norm_images": per_process * bn_ranks // batch_norm_splits(cfg, world),
              "ranks": [r for r in ranks if r]}
     logger.info(f"batch {s.BATCH_SIZE} over {world} process(es) on {nodes} node(s): "
                 f"{per_process} per process; lr {scale['lr']:g} ({scale['lr_rule']}); batch norm "

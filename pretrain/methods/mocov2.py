@@ -16,6 +16,7 @@ from torch import nn
 from ssl2det.distributed import gather_no_grad, get_rank, get_world_size
 
 from ..losses import info_nce_with_queue
+from ..models.split_bn import SplitBatchNorm
 from .base import Method, MomentumTeacher, register_method
 
 
@@ -105,7 +106,10 @@ class MoCoV2(Method):
         n, world = x.shape[0], get_world_size()
         if world == 1:  # split BN: each group of the shuffled batch has statistics of its own
             perm = torch.randperm(n, device=x.device)
-            groups = perm.chunk(max(1, min(self.split_bn_groups, n // 2)))
+            # (an encoder whose BN splits every batch itself, MODEL.BN_GROUP_IMAGES, takes the
+            # shuffled batch whole)
+            splits_itself = any(isinstance(m, SplitBatchNorm) for m in encoder.modules())
+            groups = perm.chunk(1 if splits_itself else max(1, min(self.split_bn_groups, n // 2)))
             keys = torch.empty(n, self.queue.shape[1], device=x.device)
             for group in groups:
                 keys[group] = F.normalize(head(encoder(x[group])), dim=1).to(keys.dtype)
