@@ -444,7 +444,8 @@ def _trainer_with_nan_inputs(shared_data, out, nan_iterations, max_skips):
     cfg = load_config(str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"), [
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "DATA.VAL_ROOT", "",
         "INPUT.SIZE", "16", "SOLVER.BATCH_SIZE", "8", "SOLVER.MAX_ITER", "6",
-        "SOLVER.CHECKPOINT_PERIOD", "1", "METHOD.MOCO.QUEUE_SIZE", "16", "LOG_PERIOD", "1",
+        "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.CHECKPOINTS_TO_KEEP", "0",  # (read below)
+        "METHOD.MOCO.QUEUE_SIZE", "16", "LOG_PERIOD", "1",
         "DATA.NUM_WORKERS", "0", "SOLVER.MAX_NONFINITE_SKIPS", str(max_skips),
         "OUTPUT_DIR", str(out)])
     trainer = build_trainer(cfg)
@@ -469,7 +470,8 @@ def test_nan_steps_are_skipped_without_a_trace(shared_data, tmp_path):
     trainer = _trainer_with_nan_inputs(shared_data, tmp_path, nan_iterations={2, 3}, max_skips=2)
     trainer.train(0, trainer.max_iter)
     assert trainer.skipped_steps == 2
-    after_1, after_3 = load_checkpoint(tmp_path / "model_0000001.pth"), load_checkpoint(tmp_path / "model_0000003.pth")
+    after_1 = load_checkpoint(tmp_path / "model_0000001.pth")
+    after_3 = load_checkpoint(tmp_path / "model_0000003.pth")
     for key, value in after_1["model"].items():  # weights, BN statistics, queue, pointer, EMA
         assert torch.equal(value, after_3["model"][key]), key
     assert _all_finite(load_checkpoint(tmp_path / "model_final.pth")["model"])

@@ -23,7 +23,7 @@ import torch
 from conftest import REPO
 from helpers import wait_until
 from tiny_pipeline import (DATA, QUICK_PRETRAIN, final_metrics, run_pipeline, tiny_spec,
-                           write_run_file)
+                           with_overrides, write_run_file)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -119,8 +119,7 @@ def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_loca
 def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(tmp_path):
     """Two SLURM tasks (DDP from SLURM's environment, gloo) against torchrun's two processes
     of the same config: bit-identical weights; the scale each run says it ran at."""
-    overrides = QUICK_PRETRAIN + ["SOLVER.MAX_ITER", "3", "INPUT.SIZE", "32",
-                                  "MODEL.CHANNELS_LAST", "False", "KNN.ENABLED", "False"]
+    overrides = with_overrides(QUICK_PRETRAIN, "SOLVER.MAX_ITER", 3, "KNN.ENABLED", False)
     # one thread a process, as torchrun sets it for its workers (OMP_NUM_THREADS=1)
     launch = {**SLURM, "setup": ["export OMP_NUM_THREADS=1"],
               "pretrain": {"tasks_per_node": 2, "cpus_per_task": 1, "time": "0:30:00"}}
@@ -183,7 +182,7 @@ MULTI = {**SLURM, "partition": "multi", "setup": ["export OMP_NUM_THREADS=1"],
          "pretrain": {"nodes": 2, "tasks_per_node": 1, "cpus_per_task": 1, "time": "0:30:00"},
          "finetune": {"nodes": 2, "cpus_per_task": 1, "time": "0:30:00"}}
 #: 32 px, no kNN: a few tenths of a second an iteration on one CPU per node
-QUICK_MULTI = [*QUICK_PRETRAIN, "KNN.ENABLED", "False"]
+QUICK_MULTI = with_overrides(QUICK_PRETRAIN, "KNN.ENABLED", False)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +257,7 @@ def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tm
     picks the interface that routes to the master (the host name resolves to loopback here, the
     gloo trap), and the weights equal `pretrain.launch --num-procs 2` on one machine (one thread
     a rank); scale.json says where each rank ran."""
-    overrides = [*QUICK_MULTI, "SOLVER.MAX_ITER", "3"]
+    overrides = with_overrides(QUICK_MULTI, "SOLVER.MAX_ITER", 3)
     config = str(REPO / "configs/demo/simclr_r50_small.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     srun = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
@@ -306,11 +305,12 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_re
     names the failure. Submitted again, it resumes; a rank on mn2 that dies (SIGKILL) ends the
     job within 60 s, the same way. Submitted again, it resumes; node mn2 is lost (its slurmd
     and processes killed): the job stops running within 120 s (it fails, or SLURM requeues it
-    for the node failure); with the node back, the run file submitted again runs (or follows
-    the requeued job) to the report. The pretrained weights equal an uninterrupted 2-process
+    for the node failure); with the node back, the run file submitted again runs to the report
+    (the requeued job cancelled first). The pretrained weights equal an uninterrupted 2-process
     run on one machine, and the 2-node fine-tuning equals its command run as 2 processes here."""
     timeout_s = 20
-    overrides = [*QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", "6", "DIST.TIMEOUT_S", str(timeout_s)]
+    overrides = with_overrides(QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", 6, "DIST.TIMEOUT_S",
+                               timeout_s)
     spec = tiny_spec(tmp_path, tmp_path / "run", launch=MULTI)
     spec.update(repeats=1, backbones=[], report={"predictions": 0})
     spec["pretrain"][0]["overrides"] = overrides
@@ -342,10 +342,12 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_re
         "RUNNING", "COMPLETING"), "the job to stop running after the node's loss", 120)
     lost = time.monotonic() - started
     after = _squeue("--states=all", "-j", job, "-o", "%T").strip()
+    # SLURM requeues a job whose node failed (the same id); here, when the node came back, the
+    # recovery also killed the requeued job's new rank there: cancel it and submit again
+    subprocess.run(["scancel", job], check=True)
+    wait_until(lambda: _ended(job), "the cancelled job's end", 120)
     subprocess.run(["bash", str(REPO / "tools/slurm/local_cluster.sh"), "start", "--nodes", "2"],
                    check=True, capture_output=True)  # the node is back
-    if after == "PENDING":  # requeued by SLURM for the node failure: held a while, released
-        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
     followed = run_pipeline(run_file, "--wait")
     assert "[pipeline] finished in" in followed, followed[-2000:]
     log = (folder / "pretrain.log").read_text()

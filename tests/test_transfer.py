@@ -217,7 +217,7 @@ def test_eval_only_refuses_weights_that_do_not_fit_and_fine_tuning_names_skipped
     result = subprocess.run(TRAIN_NET + [
         "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"), "--eval-only",
         "--register-voc", "raccoon_test", str(REPO / "datasets/raccoon_small"), "test",
-        "--voc-classes", "a,b,c", "DATASETS.TEST", '("raccoon_test",)',
+        "--voc-classes", "raccoon,a,b", "DATASETS.TEST", '("raccoon_test",)',
         "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
         "OUTPUT_DIR", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -47,6 +47,14 @@ QUICK_TRANSFER = ["DATASETS.TRAIN", '("mini_train",)', "DATASETS.TEST", '("mini_
                   "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"]
 
 
+def with_overrides(base: list, *pairs) -> list:
+    """`base` KEY VALUE overrides with `pairs` (KEY, VALUE, ...) set: a key already there takes
+    the new value in its place (a run file refuses a key given twice)."""
+    merged = dict(zip(base[::2], base[1::2]))
+    merged.update(zip(pairs[::2], map(str, pairs[1::2])))
+    return [item for pair in merged.items() for item in pair]
+
+
 def tiny_spec(folder, out, launch=None) -> dict:
     """The run file (as data) over the data made in `folder`, writing to `out`."""
     voc = folder / "voc"
