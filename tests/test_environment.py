@@ -2,7 +2,6 @@
 installs the fallback over a compiled detectron2."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
