@@ -21,6 +21,12 @@ from ssl2det.io import atomic_write
 DAMAGED = "damaged"
 
 
+def run_of(record: dict) -> dict:
+    """The `run` of a record as read: {"executor": NAME, "id": ID}, {} for none."""
+    run = record.get("run")
+    return run if isinstance(run, dict) and run.get("executor") else {}
+
+
 class StageRecord:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -56,8 +62,7 @@ class StageRecord:
     @property
     def run(self) -> dict:
         """{"executor": NAME, "id": ID} of the stage's last run ({} for none)."""
-        run = self.read().get("run")
-        return run if isinstance(run, dict) and run.get("executor") else {}
+        return run_of(self.read())
 
     def write(self, **values) -> None:
         """A new record: `values` replace whatever the old one held."""

@@ -7,8 +7,8 @@ from .dry_run import DryRunExecutor
 from .local import LocalExecutor, echo_progress
 from .slurm import ClusterError, SlurmExecutor
 
-__all__ = ["EXECUTORS", "ClusterError", "DryRunExecutor", "Executor", "LocalExecutor", "Phase", "RunState",
-           "SchedulerError", "SlurmExecutor", "build_executor", "echo_progress"]
+__all__ = ["EXECUTORS", "ClusterError", "DryRunExecutor", "Executor", "LocalExecutor", "Phase",
+           "RunState", "SchedulerError", "SlurmExecutor", "build_executor", "echo_progress"]
 
 
 def build_executor(name: str, launch, root, dry_run: bool = False) -> Executor:

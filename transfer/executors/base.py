@@ -12,6 +12,8 @@ from pathlib import Path
 from ssl2det.errors import UserError
 from ssl2det.process import log_tail
 
+from ..record import run_of
+
 
 class Phase(enum.Enum):
     NOT_STARTED = "not started"
@@ -81,13 +83,13 @@ class Executor:
     and implements `start` and `live_runs`; the rest has a default."""
 
     name = ""
+    #: a run of a stage it started outlives this process (the plan can wait for it)
+    detached = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.name:
             EXECUTORS[cls.name] = cls
-    #: a run of a stage it started outlives this process (the plan can wait for it)
-    detached = False
 
     def problems(self, stages) -> list:
         """What keeps this executor from running `stages`, one line each."""
@@ -107,9 +109,10 @@ class Executor:
         """Move the outputs of other inputs out of the way; returns where they went."""
         return stage.set_aside()
 
-    def start(self, stage, after: list, fingerprint: str) -> str:
+    def start(self, stage, after: list, fingerprint: str, prefix: str = "") -> str:
         """Start `stage` once the runs `after` (ids this executor gave) have succeeded; record
-        it (its `run`, the hash of its inputs). Returns the run's id."""
+        it (its `run`, the hash of its inputs); `prefix` begins the lines it prints. Returns
+        the run's id."""
         raise NotImplementedError
 
     def cancel(self, run_ids) -> None:
@@ -125,11 +128,12 @@ class Executor:
     def states(self, stages) -> dict:
         """{stage key: RunState} for every stage, from one query per executor that has runs
         recorded among them (a run started by another executor is asked of that one)."""
+        records = {stage.key: stage.record.read() for stage in stages}  # each file read once
+        runs = {key: run_of(record) for key, record in records.items()}
         by_executor = {}
         for stage in stages:
-            run = stage.record.run
-            if run:
-                by_executor.setdefault(run["executor"], []).append(stage)
+            if runs[stage.key]:
+                by_executor.setdefault(runs[stage.key]["executor"], []).append(stage)
         polled, unknown = {}, {}
         for name, recorded in by_executor.items():
             executor = self if name == self.name else executor_for(name, self)
@@ -139,7 +143,7 @@ class Executor:
                 unknown.update({stage.key: str(e) for stage in recorded})
         states = {}
         for stage in stages:
-            record, run = stage.record.read(), stage.record.run
+            record, run = records[stage.key], runs[stage.key]
             where = f"{run['executor']} run {run.get('id', '')}" if run else ""
             known = polled.get(stage.key, RunState(Phase.NOT_STARTED, where))
             if known.live:

@@ -281,8 +281,8 @@ class SlurmExecutor(Executor):
     def describe(self, stage, after) -> str:
         """The sbatch script submitit would write (its job ids for the dependencies)."""
         executor = self._executor(stage, after)
-        # submitit's own text of the script (a private method: tests/test_pipeline.py's
-        # dry-run test fails if a submitit release changes it)
+        # submitit's own text of the script (a private method: tests/test_slurm.py's dry-run
+        # test fails if a submitit release changes it)
         script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
         return (f"  command of each task: {shlex.join(map(str, self.command(stage)))}\n"
                 f"  log: {stage.log_path}\n" + "".join(f"  | {line}\n" for line in
