@@ -202,3 +202,20 @@ def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
     runs = len(model["configs"]) * 2  # configs x seeds
     cost = runs * model["fixed_s_per_run"] + 30 + fits * 2 * sum(r["epoch_s"] for r in model["configs"])
     assert cost <= 600 or fits == 0
+
+
+def test_the_dry_run_prints_each_stage_that_would_run_and_writes_nothing(tmp_path):
+    """--dry-run of the demo on this machine: every stage's command and log, each after the
+    stages it reads, and not a file written (the SLURM executor's: tests/test_slurm.py)."""
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"),
+                             str(REPO / "configs/pipeline/demo.yaml"), "--output-dir", str(out),
+                             "--dry-run"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout
+    assert printed.count(": would run, local:") == 11  # 10 stages and the report
+    assert f"-m pretrain --config-file configs/demo/simclr_r50_small.yaml --resume OUTPUT_DIR " \
+           f"{out / 'pretrain/simclr'}" in printed
+    assert "after: <pretrain simclr>" in printed and "after: <convert simclr>" in printed
+    assert "dry run: 11 stage(s) would run; nothing was started, submitted or written" in printed
+    assert not out.exists()

@@ -159,6 +159,24 @@ def test_bad_launch_settings_are_one_list_and_nothing_is_submitted(tmp_path):
     assert _squeue("-o", "%i") == before and not (tmp_path / "run").exists()
 
 
+def test_the_dry_run_prints_each_job_with_its_sbatch_script_and_submits_nothing(tmp_path):
+    """--dry-run under slurm: every job's command of each task and submitit's own sbatch script,
+    its dependencies on the jobs it would submit named by stage; squeue unchanged, nothing
+    written."""
+    before = _squeue("-o", "%i")
+    run_file = write_run_file(tmp_path / "run.yaml", {
+        "output_dir": str(tmp_path / "run"), "launch": SLURM, "pretrain": [
+            {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+             "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]})
+    printed = run_pipeline(run_file, "--dry-run")
+    assert printed.count(": would run, slurm:") == 2  # the pretraining and the report
+    assert "| #SBATCH --job-name=ssl2det-pretrain" in printed
+    assert "| #SBATCH --dependency='afterok:<pretrain a>'" in printed
+    assert "| #SBATCH --kill-on-invalid-dep=yes" in printed and "--kill-on-bad-exit=1" in printed
+    assert "dry run: 2 stage(s) would run" in printed
+    assert _squeue("-o", "%i") == before and not (tmp_path / "run").exists()
+
+
 def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_one():
     """configs/pipeline/infocl_imagenet_voc_coco.yaml's 2-node x 8-GPU launch: against the
     one-node test cluster the only problem is the GPUs (and the nodes that come with them)."""
