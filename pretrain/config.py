@@ -16,6 +16,7 @@ from fvcore.common.config import CfgNode as CN
 from ssl2det.config import check_config_chain, get_key
 from ssl2det.errors import ConfigError
 
+from .data.archives import image_tars_exist
 from .methods.barlow import add_barlow_config
 from .methods.byol import add_byol_config
 from .methods.mocov2 import add_mocov2_config
@@ -353,12 +354,12 @@ def settle_knn_monitor(cfg: CN, given=()) -> CN:
     file names (a base config's default) and that does not exist turns the monitor off with a
     warning, so that `DATA.ROOT my/train` alone starts a run."""
     root = cfg.DATA.VAL_ROOT
-    if not (cfg.KNN.ENABLED and root) or os.path.isdir(root):
+    if not (cfg.KNN.ENABLED and root) or os.path.isdir(root) or image_tars_exist(root):
         return cfg
     if "DATA.VAL_ROOT" in given:
-        raise ConfigError(f"DATA.VAL_ROOT {root} is not a folder; give the labelled test images "
-                          "(ROOT/<class>/<image>.jpg), or DATA.VAL_ROOT '' to train without the "
-                          "kNN monitor")
+        raise ConfigError(f"DATA.VAL_ROOT {root} is not a folder, an archive or shards; give "
+                          "the labelled test images (ROOT/<class>/<image>.jpg), or DATA.VAL_ROOT "
+                          "'' to train without the kNN monitor")
     logging.getLogger("pretrain").warning(
         f"the kNN monitor is off: DATA.VAL_ROOT {root!r}, named by the config file, does not "
         "exist here; give DATA.VAL_ROOT on the command line to monitor kNN top-1")

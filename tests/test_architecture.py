@@ -21,7 +21,8 @@ LAYERS = (
     ("pretrain.config",),  # defaults + every plug-in's add_*_config
     ("pretrain.eval",),
     ("pretrain.engine",),
-    ("pretrain", "pretrain.cli", "pretrain.launch", "pretrain.__main__"),  # entry points
+    ("pretrain", "pretrain.cli", "pretrain.launch", "pretrain.make_shards",
+     "pretrain.__main__"),  # entry points
     ("transfer.convert", "transfer.data", "transfer.modeling", "transfer.semseg_labels",
      "transfer.metrics", "transfer.layout", "transfer.run_file", "transfer.spec"),
     ("transfer.config", "transfer.checkpoint", "transfer.visualize", "transfer.record"),

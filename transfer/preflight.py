@@ -20,7 +20,9 @@ import shutil
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ssl2det.errors import UserError
+from pretrain.data.archives import is_tar_root, load_tar_index
+from pretrain.data.build import file_index_dir
+from ssl2det.errors import DatasetError, UserError
 from ssl2det.io import check_weights_pickle
 from ssl2det.output_dir import output_dir_holder
 
@@ -43,17 +45,27 @@ class PreflightError(PipelineError):
     exit_code = 2
 
 
-def count_images(root: str) -> int:
+def count_images(root: str, index_dir: str = "") -> int:
+    """The images of a folder, or of an archive or shards (their index, kept in `index_dir`
+    for the pretraining that reads them)."""
+    if is_tar_root(root):
+        return len(load_tar_index(root, index_dir))
     return sum(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in
                os.walk(root, followlinks=True) for f in files)
 
 
-def _folder_problem(what: str, root: str, seen: dict):
+def _folder_problem(what: str, root: str, seen: dict, index_dir: str = ""):
     """None when `root` holds images (their count goes into `seen`), else the problem."""
     if root in seen:
         return None
     if not root:
         return f"{what}: no folder given"
+    if is_tar_root(root):
+        try:
+            seen[root] = count_images(root, index_dir)
+        except DatasetError as e:
+            return f"{what}: {e}"
+        return None
     if not os.path.isdir(root):
         return f"{what}: folder {root} does not exist (expected ROOT/<class>/<image>.jpg)"
     if not os.access(root, os.R_OK | os.X_OK):
@@ -203,7 +215,8 @@ def preflight(spec, stages, cluster=()) -> str:
                 for key, root in (("DATA.ROOT", cfg.DATA.ROOT), ("KNN.TRAIN_ROOT", cfg.KNN.TRAIN_ROOT),
                                   ("DATA.VAL_ROOT", cfg.DATA.VAL_ROOT)):
                     if root or key == "DATA.ROOT":
-                        problems.append(_folder_problem(key, root, folders))
+                        problems.append(_folder_problem(key, root, folders,
+                                                        file_index_dir(cfg)))
                 if not stage.is_complete():
                     disk += (PARAMETERS.get(cfg.MODEL.ARCH, PARAMETERS["resnet50"])
                              * CHECKPOINT_BYTES_PER_PARAMETER

@@ -8,6 +8,7 @@ OUTPUT_DIR/bad_images.txt. DATA.BAD_IMAGES "error" makes the first bad file fata
 policy is ssl2det.images.BadImages, shared with stage two).
 """
 
+import io
 import logging
 import os
 import random
@@ -20,13 +21,51 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from ssl2det.errors import DatasetError
 from ssl2det.images import BadImages, decode_rgb, printable_path
 
+from .archives import TarReader, is_tar_root, load_tar_index
 from .file_index import FileIndex, index_path
 from .views import EncodedImage
 
 logger = logging.getLogger(__name__)
 
 
-class ImageFiles(ImageFolder):
+class ReadsImages:
+    """What every image set shares, over its `name(i)`, `label(i)` and `read_bytes(i)`: the
+    bad-image policy (`bad`), decoded images and seeded views. `numbered_classes`: the classes
+    are only numbers (WebDataset's .cls), not names."""
+
+    numbered_classes = False
+
+    def same_classes(self, other) -> bool:
+        """Both label the same classes: by name, by count where one only numbers them."""
+        if self.numbered_classes or other.numbered_classes:
+            return len(self.classes) == len(other.classes)
+        return self.classes == other.classes
+
+    def _first_readable(self, index: int, read):
+        """(read(EncodedImage), label) of sample `index`, or of the next one after it that
+        `read` can decode."""
+        for offset in range(len(self)):
+            k = (index + offset) % len(self)
+            try:
+                return read(EncodedImage(self.name(k), self.read_bytes(k))), self.label(k)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                self.bad.unreadable(self.name(k), e)
+        raise DatasetError(f"no image in {self.root} can be decoded; see the warnings above")
+
+    def read(self, index: int):
+        """(RGB Pillow image, label) of sample `index`, or of the next readable one after it."""
+        return self._first_readable(index, lambda image: decode_rgb(io.BytesIO(image.data)))
+
+    def read_views(self, index: int, views, rng):
+        """(views(EncodedImage, rng), label) of sample `index`, or of the next readable one."""
+        return self._first_readable(index, lambda image: views(image, rng))
+
+    def __getitem__(self, index):
+        image, label = self.read(index)
+        return (self.transform(image) if self.transform else image), label
+
+
+class ImageFiles(ReadsImages, ImageFolder):
     """ImageFolder that reads every image as RGB and survives bad files (module docstring).
 
     bad_images: "skip" or "error"; report_dir: where bad_images.txt is written ("" for none);
@@ -96,28 +135,56 @@ class ImageFiles(ImageFolder):
                 groups.append((folder, label, names))
         return FileIndex(groups, ignored, walked)
 
-    def _first_readable(self, index: int, read):
-        """(read(path), label) of sample `index`, or of the next one after it whose file `read`
-        can decode."""
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                return read(path), label
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                self.bad.unreadable(path, e)
-        raise DatasetError(f"no image in {self.root} can be decoded; see the warnings above")
+    def name(self, index: int) -> str:
+        return self.samples[index][0]
 
-    def read(self, index: int):
-        """(RGB Pillow image, label) of sample `index`, or of the next readable one after it."""
-        return self._first_readable(index, decode_rgb)
+    def label(self, index: int) -> int:
+        return self.samples[index][1]
 
-    def read_views(self, index: int, views, rng):
-        """(views(EncodedImage, rng), label) of sample `index`, or of the next readable one."""
-        return self._first_readable(index, lambda path: views(EncodedImage(path), rng))
+    def read_bytes(self, index: int) -> bytes:
+        with open(self.samples[index][0], "rb") as f:
+            return f.read()
 
-    def __getitem__(self, index):
-        image, label = self.read(index)
-        return (self.transform(image) if self.transform else image), label
+
+class TarImages(ReadsImages, torch.utils.data.Dataset):
+    """The images of ImageNet's training archive or of WebDataset shards (archives.py), read by
+    index, numbered as the same images in a folder; the same policies as ImageFiles."""
+
+    def __init__(self, root: str, transform=None, bad_images: str = "skip", report_dir: str = "",
+                 index_dir: str = ""):
+        self.root, self.transform = root, transform
+        self.bad = BadImages(bad_images, report_dir)
+        self.index = load_tar_index(root, index_dir)
+        self.reader = TarReader(self.index)
+        self.classes = self.index.classes
+        self.numbered_classes = self.index.layout == "shards"
+        if self.index.ignored:
+            ignored = self.index.ignored
+            logger.warning(f"{root}: ignored {len(ignored)} members that are not images, e.g. "
+                           f"{', '.join(map(printable_path, ignored[:3]))}")
+            for name in ignored:
+                self.bad.ignored(f"{root}:{name}")
+
+    def __len__(self):
+        return len(self.index)
+
+    def name(self, index: int) -> str:
+        return self.index.name(index)
+
+    def label(self, index: int) -> int:
+        return int(self.index.labels[index])
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.reader.read(index)
+
+
+def open_images(root: str, transform=None, bad_images: str = "skip", report_dir: str = "",
+                index_dir: str = ""):
+    """The image set at `root`: an image folder (ImageFiles), or a tar archive or WebDataset
+    shards (TarImages)."""
+    kind = TarImages if is_tar_root(root) else ImageFiles
+    return kind(root, transform, bad_images=bad_images, report_dir=report_dir,
+                index_dir=index_dir)
 
 
 class SeededViews(torch.utils.data.Dataset):

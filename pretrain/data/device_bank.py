@@ -107,7 +107,7 @@ class DeviceImageBank:
                     images = torch.empty((len(folder), *image.shape), dtype=torch.uint8,
                                          device=device)
                 if image.shape != images.shape[1:]:
-                    path = folder.samples[filled + k][0]
+                    path = folder.name(filled + k)
                     raise DatasetError(
                         f"DATA.DECODE_ONCE needs images of one size: {printable_path(path)} is "
                         f"{tuple(image.shape[1:])}, the first was {tuple(images.shape[2:])}. "

@@ -87,7 +87,7 @@ class DecodeOnDevice:
                 images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
             except RuntimeError:
                 try:
-                    pixels = EncodedImage(path).decode()
+                    pixels = EncodedImage(path, data.numpy().tobytes()).decode()
                     images.append(torch.from_numpy(np.ascontiguousarray(pixels))
                                   .permute(2, 0, 1).to(self.device))
                 except OSError as e:

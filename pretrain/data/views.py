@@ -60,12 +60,15 @@ def view_probabilities(cfg, view: int) -> tuple:
 
 class EncodedImage:
     """An image file's bytes and header (size, mode, format: read without decoding the pixels),
-    so that the crops can be drawn before deciding how much of the file to decode."""
+    so that the crops can be drawn before deciding how much of the file to decode. `path` names
+    it (a file, or a member of a tar); `data` are its bytes where they were read already."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, data: bytes = None):
         self.path = path
-        with open(path, "rb") as f:
-            self.data = f.read()
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        self.data = data
         with Image.open(io.BytesIO(self.data)) as header:  # raises on what is not an image
             self.size, self.mode, self.format = header.size, header.mode, header.format
 

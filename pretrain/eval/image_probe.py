@@ -59,7 +59,7 @@ def train_probe_on_images(cfg, encoder, train_root, val_root, state_dir, device,
     rank, world = get_rank(), get_world_size()
     train = image_folder(cfg, train_root)
     test = image_folder(cfg, val_root, eval_transform(cfg))
-    if train.classes != test.classes:
+    if not train.same_classes(test):
         raise ConfigError(f"the probe's test folder {val_root} has other classes than its "
                           f"training folder {train_root}: {len(test.classes)} vs "
                           f"{len(train.classes)}")

@@ -45,7 +45,7 @@ TRAVEL_LIMIT_MB = 64
 #: (lightly). Their versions are read from the running environment.
 PACKAGES = ("fvcore", "iopath", "yacs", "pycocotools", "termcolor", "omegaconf", "hydra-core",
             "antlr4-python3-runtime", "pydantic", "pydantic-core", "annotated-types",
-            "typing-inspection", "submitit", "lightly")
+            "typing-inspection", "submitit", "lightly", "braceexpand", "webdataset")
 
 #: What the image already has (the device tool's package list for the 'cuda' image, read
 #: 2026-11-17; normalised names). A requirement outside PACKAGES must be one of these.

@@ -15,7 +15,8 @@ ours / reference; --output writes the numbers as JSON. `--sides ours` measures o
 MODEL.COMPILE on against a run with it off); `--profile FILE` writes torch.profiler's table of
 our training step (the slowest operators first) to FILE.
 
-Modules: steps (the training steps, both stages), loader (the loader alone), startup (the
-file index on 1.28M files), allreduce (rendezvous and gradient all-reduce across ranks), cli
+Modules: steps (the training steps, both stages), loader (the loader alone), archives (the
+loader read from ImageNet's archive and from shards, the tar index of 1.28M members), startup
+(the file index on 1.28M files), allreduce (rendezvous and gradient all-reduce across ranks), cli
 (the command line; tools/benchmark.py).
 """

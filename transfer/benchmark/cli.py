@@ -6,6 +6,7 @@ from pathlib import Path
 
 from . import __doc__ as DESCRIPTION
 from .allreduce import RESNET50_PARAMETERS, report_allreduce
+from .archives import measure_layouts, measure_tar_index, report_layouts, report_tar_index
 from .loader import measure_loader, report_loader
 from .startup import first_batch_seconds, measure_startup, report_startup, tile_folder
 from .steps import DETECTION_SIDES, PRETRAIN_SIDES, measure_one, report, run_sides
@@ -13,8 +14,8 @@ from .steps import DETECTION_SIDES, PRETRAIN_SIDES, measure_one, report, run_sid
 def main(argv=None):
     parser = argparse.ArgumentParser(description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=("pretrain", "detection", "loader", "startup", "tile",
-                                         "allreduce"))
+    parser.add_argument("task", choices=("pretrain", "detection", "loader", "layouts",
+                                         "startup", "tar-index", "tile", "allreduce"))
     parser.add_argument("--config-file", metavar="FILE")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (default 2)")
     parser.add_argument("--iters", type=int, default=6, help="timed iterations (default 6)")
@@ -28,7 +29,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=200,
                         help="loader: timed two-view samples per path and repeat (default 200)")
     parser.add_argument("--files", type=int, default=1_281_167,
-                        help="startup: files of the synthetic tree (default ImageNet's 1,281,167)")
+                        help="startup, tar-index: files of the synthetic tree or archive "
+                        "(default ImageNet's 1,281,167)")
     parser.add_argument("--classes", type=int, default=1000, help="startup: class folders")
     parser.add_argument("--tree", default="/dev/shm/ssl2det-startup-tree",
                         help="startup: where the synthetic tree is made (kept for reruns)")
@@ -55,17 +57,23 @@ def main(argv=None):
     if args.task == "allreduce":  # every rank of srun / torchrun runs this
         report_allreduce(args)
         return 0
+    if args.task == "tar-index":
+        report_tar_index(args, measure_tar_index(args))
+        return 0
     if not args.config_file:
         parser.error("--config-file is required")
     if args.side:
         result = first_batch_seconds(args) if args.task == "startup" else measure_one(args)
         Path(args.result).write_text(json.dumps(result))
         return 0
-    if args.task == "loader":
+    if args.task in ("loader", "layouts"):
         from pretrain.config import load_config
 
         cfg = load_config(args.config_file, args.opts)
-        report_loader(args, cfg, measure_loader(cfg, args.images, args.repeats))
+        if args.task == "loader":
+            report_loader(args, cfg, measure_loader(cfg, args.images, args.repeats))
+        else:
+            report_layouts(args, cfg, measure_layouts(cfg, args.images, args.repeats))
         return 0
     if args.task == "startup":
         report_startup(args, measure_startup(args))

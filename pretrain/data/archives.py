@@ -1,0 +1,357 @@
+"""Images read from tar files by index: ImageNet's training archive as downloaded and WebDataset
+shards (DATA.ROOT, DATA.VAL_ROOT, KNN.TRAIN_ROOT and the probe's roots accept both).
+
+Parallel file systems cap the number of files a user may keep and answer every `open` over the
+network, so ImageNet often lives as the 138 GB ILSVRC2012_img_train.tar (1,000 inner tars, one
+per class) or as WebDataset shards. Both are read in place: the offset and size of every image
+member are found once (Python's tarfile reads the 512-byte headers and seeks over the data), kept
+as an index beside the file index (arrays, reused while every tar keeps its size and
+modification time), and each image is then one `os.pread` at its offset. pread has no file
+position, so forked loader workers never share one; each process opens the tars itself.
+
+The samples are numbered as the same images in a folder would be: classes in sorted order, and
+within a class the members sorted as the folder's listing sorts paths (archives), or in shard
+order (shards), so a folder, its archive and shards in that order give the same run.
+
+Layouts:
+- `X.tar` whose members are per-class tars (`n01440764.tar` holding `n01440764_10026.JPEG`,
+  ImageNet's own) or class folders (`n01440764/n01440764_10026.JPEG`);
+- WebDataset shards, `KEY.jpg`/`KEY.jpeg`/`KEY.png` with `KEY.cls` (the class index as text),
+  given as a brace pattern `DIR/NAME-{000000..000146}.tar`, or one shard `X.tar`.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import zipfile
+from array import array
+
+import numpy as np
+from braceexpand import braceexpand
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ssl2det.errors import DatasetError
+from ssl2det.io import atomic_write
+
+logger = logging.getLogger("pretrain")
+
+VERSION = 1
+SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")  # webdataset's image keys
+_INDEX_ARRAYS = ("offsets", "sizes", "labels", "files", "name_ends", "names")
+
+
+def is_tar_root(root: str) -> bool:
+    """A root this module reads (a .tar file or a brace pattern), not an image folder."""
+    return "{" in root or root.endswith(".tar")
+
+
+def image_tars_exist(root: str) -> bool:
+    """`root` names tar files (is_tar_root) and every one of them is there."""
+    return is_tar_root(root) and all(os.path.isfile(p) for p in _expanded(root))
+
+
+def _expanded(root: str) -> list:
+    return list(braceexpand(root)) if "{" in root else [root]
+
+
+def tar_paths(root: str) -> list:
+    """The tar files `root` names, in order; a pattern matching no file names it."""
+    paths = _expanded(root)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if len(missing) == len(paths):
+        what = f"the pattern {root} matches no file" if "{" in root else f"{root} is not a file"
+        raise DatasetError(f"{what} (expected ImageNet's training .tar or WebDataset shards "
+                           "DIR/NAME-{000000..000146}.tar); set DATA.ROOT / DATA.VAL_ROOT")
+    if missing:
+        raise DatasetError(f"{root}: {len(missing)} of its {len(paths)} shards are missing, e.g. "
+                           f"{', '.join(missing[:3])}")
+    return paths
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _members(path: str, f, start: int = 0, end: int = None):
+    """(name, data offset, size) of the regular-file members of the tar at byte `start` of the
+    open file `f` (one member of an outer tar when `end` is given), its headers read one at a
+    time (tarfile would keep them all: 1.28M TarInfo objects)."""
+    end = os.fstat(f.fileno()).st_size if end is None else end
+    f.seek(start)
+    tar = None
+    try:
+        tar = tarfile.TarFile(fileobj=f, mode="r")
+        while True:
+            member = tar.next()
+            if member is None:
+                return
+            tar.members.clear()
+            if member.offset_data + member.size > end:
+                raise DatasetError(
+                    f"{path} is cut short: member {member.name} at offset {member.offset} needs "
+                    f"{member.size} bytes from {member.offset_data}, the "
+                    f"{'file' if start == 0 else 'enclosing tar'} ends at {end} (a copy that "
+                    "did not finish?); copy it again")
+            if member.isreg():
+                yield member.name.removeprefix("./"), member.offset_data, member.size
+    except tarfile.TarError as e:
+        at = tar.offset if tar is not None else start
+        raise DatasetError(f"{path} is not a readable tar at offset {at} ({e}); is it whole? "
+                           "Copy it again") from None
+
+
+class TarIndex:
+    """Where each image is: per sample the tar (`files`), data offset and size, label and name
+    (the member's path, as one utf-8 blob cut at `name_ends`), in sample order; the classes and
+    the members that are not images."""
+
+    def __init__(self, layout, tars, classes, arrays, ignored):
+        self.layout, self.tars = layout, list(tars)  # layout: "archive" or "shards"
+        self.classes, self.ignored = list(classes), list(ignored)
+        for key in _INDEX_ARRAYS:
+            setattr(self, key, arrays[key])
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def name(self, index: int) -> str:
+        start = int(self.name_ends[index - 1]) if index else 0
+        member = bytes(self.names[start:int(self.name_ends[index])]).decode(
+            "utf-8", "surrogateescape")
+        return f"{self.tars[int(self.files[index])]}:{member}"
+
+    # --- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, root: str) -> "TarIndex":
+        paths = tar_paths(root)
+        if "{" not in root and not _looks_like_shard(paths[0]):  # a pattern names shards
+            return cls._from_archive(paths[0])
+        return cls._from_shards(paths)
+
+    @classmethod
+    def _from_archive(cls, path: str) -> "TarIndex":
+        """ImageNet's archive: per-class inner tars, or class folders; sorted as a folder."""
+        per_class, ignored = {}, []
+        with open(path, "rb") as f:
+            for name, offset, size in _members(path, f):  # (tarfile seeks back to its next header)
+                if name.endswith(".tar"):  # ImageNet's: a tar per class
+                    label_name = os.path.basename(name)[:-len(".tar")]
+                    entries = per_class.setdefault(label_name, [])
+                    for inner, at, length in _members(f"{path}:{name}", f, offset, offset + size):
+                        if _is_image(inner):
+                            entries.append((os.path.dirname(inner), os.path.basename(inner),
+                                            f"{name}/{inner}", at, length))
+                        else:
+                            ignored.append(f"{name}/{inner}")
+                elif "/" in name and _is_image(name):  # class folders
+                    label_name, inside = name.split("/", 1)
+                    per_class.setdefault(label_name, []).append(
+                        (os.path.dirname(inside), os.path.basename(inside), name, offset, size))
+                else:
+                    ignored.append(name)
+        classes = sorted(per_class)
+        if not classes:
+            raise DatasetError(f"{path} holds no image in per-class tars or class folders "
+                               "(expected ImageNet's training archive: <class>.tar members)")
+        empty = [c for c in classes if not per_class[c]]
+        if empty:
+            raise DatasetError(f"{path}: the classes {', '.join(empty[:5])} hold no image; add "
+                               "images or remove them from the archive")
+        arrays = _Arrays()
+        for label, label_name in enumerate(classes):
+            for _, _, name, offset, size in sorted(per_class.pop(label_name)):
+                arrays.add(0, offset, size, label, name)
+        return cls("archive", [path], classes, arrays.done(), ignored)
+
+    @classmethod
+    def _from_shards(cls, paths) -> "TarIndex":
+        """WebDataset shards: a sample is the members sharing a key (the name up to the first
+        dot of its file name), in shard order; its image and its .cls label."""
+        arrays, ignored, top = _Arrays(), [], -1
+        for file_id, path in enumerate(paths):
+            found = 0
+            with open(path, "rb") as f:
+                for key, parts in _samples_of(path, f):
+                    image = next((parts[e] for e in SHARD_IMAGE_EXTENSIONS if e in parts), None)
+                    if image is None:
+                        ignored += [f"{key}.{e}" for e in parts]
+                        continue
+                    if "cls" not in parts:
+                        raise DatasetError(f"{path}: sample {key} has no {key}.cls (its class "
+                                           "index); shards need one per image")
+                    offset, size, _ = parts["cls"]  # (pread leaves tarfile's position alone)
+                    label = _label(path, key, os.pread(f.fileno(), size, offset))
+                    top = max(top, label)
+                    arrays.add(file_id, *image[:2], label, image[2])
+                    found += 1
+            if not found:
+                raise DatasetError(f"{path} holds no image (expected WebDataset samples KEY.jpg "
+                                   "with KEY.cls)")
+        return cls("shards", paths, [str(k) for k in range(top + 1)], arrays.done(), ignored)
+
+    # --- kept between starts ----------------------------------------------------------------
+
+    def write(self, path: str) -> bool:
+        meta = {"version": VERSION, "layout": self.layout,
+                "tars": [_identity(p) for p in self.tars],
+                "classes": self.classes, "ignored": self.ignored}
+        arrays = {k: getattr(self, k) for k in _INDEX_ARRAYS}
+        arrays["meta"] = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(
+            "utf-8", "surrogateescape"), np.uint8)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, lambda f: np.savez(f, **arrays))
+        except OSError as e:
+            logger.warning(f"cannot write the tar index {path} ({e}); each start will read the "
+                           "tar headers again")
+            return False
+        return True
+
+    @classmethod
+    def read(cls, path: str, root: str):
+        """The index at `path` if it is whole and every tar of `root` has its recorded size and
+        modification time; else None (read as data: no pickle)."""
+        if not os.path.isfile(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {k: stored[k] for k in _INDEX_ARRAYS}
+                meta = json.loads(bytes(stored["meta"]).decode("utf-8", "surrogateescape"))
+            recorded = meta["tars"]
+            index = cls(meta["layout"], tar_paths(root), meta["classes"], arrays, meta["ignored"])
+            index._check(recorded)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError,
+                zipfile.BadZipFile) as e:
+            logger.warning(f"the tar index {path} cannot be read ({type(e).__name__}: {e}); "
+                           f"reading the headers of {root} again")
+            return None
+        if meta["version"] != VERSION or [_identity(p) for p in index.tars] != recorded:
+            return None
+        return index
+
+    def _check(self, recorded) -> None:
+        """Arrays of one length, every image inside its tar, labels of known classes."""
+        n = len(self.offsets)
+        if any(len(getattr(self, k)) != n for k in ("sizes", "labels", "files", "name_ends")):
+            raise ValueError("arrays of different lengths")
+        if n and not (0 <= self.files.min() and self.files.max() < len(recorded)
+                      and 0 <= self.labels.min() and self.labels.max() < len(self.classes)
+                      and self.offsets.min() >= 0 and self.sizes.min() >= 0
+                      and int(self.name_ends[-1]) == len(self.names)):
+            raise ValueError("an entry outside its tar or its classes")
+        ends = self.offsets + self.sizes
+        limits = np.array([size for _, size, _ in recorded], np.int64)[self.files]
+        if n and (ends > limits).any():
+            raise ValueError("an image beyond the end of its tar")
+
+
+def _looks_like_shard(path: str) -> bool:
+    """A single tar is a shard when its first members carry a .cls (a WebDataset sample)."""
+    with open(path, "rb") as f:
+        for k, (name, _, _) in enumerate(_members(path, f)):
+            if name.endswith(".cls"):
+                return True
+            if k >= 8 or name.endswith(".tar"):
+                return False
+    return False
+
+
+def _samples_of(path: str, f):
+    """(key, {extension: (offset, size, member name)}) per WebDataset sample of shard `f`."""
+    key, parts = None, {}
+    for name, offset, size in _members(path, f):
+        folder, base = os.path.split(name)
+        stem, dot, extension = base.partition(".")
+        this = os.path.join(folder, stem)
+        if this != key and parts:
+            yield key, parts
+            parts = {}
+        key = this
+        if dot:
+            parts[extension.lower()] = (offset, size, name)
+    if parts:
+        yield key, parts
+
+
+def _label(path: str, key: str, text: bytes) -> int:
+    try:
+        label = int(text.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        label = -1
+    if label < 0:
+        raise DatasetError(f"{path}: {key}.cls holds {text[:20]!r}, not a class index (0, 1, ...)")
+    return label
+
+
+class _Arrays:
+    """The index's columns grown as compact arrays (1.28M Python ints would be 35 MB each)."""
+
+    def __init__(self):
+        self.files, self.offsets, self.sizes = array("i"), array("q"), array("q")
+        self.labels, self.name_ends, self.names = array("i"), array("q"), bytearray()
+
+    def add(self, file_id, offset, size, label, name):
+        self.files.append(file_id)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+        self.labels.append(label)
+        self.names += name.encode("utf-8", "surrogateescape")
+        self.name_ends.append(len(self.names))
+
+    def done(self) -> dict:
+        return {"files": np.array(self.files, np.int32),
+                "offsets": np.array(self.offsets, np.int64),
+                "sizes": np.array(self.sizes, np.int64), "labels": np.array(self.labels, np.int64),
+                "name_ends": np.array(self.name_ends, np.int64),
+                "names": np.frombuffer(bytes(self.names), np.uint8)}
+
+
+def _identity(path: str) -> list:
+    stat = os.stat(path)
+    return [os.path.realpath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _real_paths(root: str) -> list:
+    return [os.path.realpath(p) for p in tar_paths(root)]
+
+
+def tar_index_path(index_dir: str, root: str) -> str:
+    digest = hashlib.sha1("\n".join(_real_paths(root)).encode("utf-8", "surrogateescape"))
+    return os.path.join(index_dir, digest.hexdigest()[:16] + ".tar-index.npz")
+
+
+def load_tar_index(root: str, index_dir: str = "") -> TarIndex:
+    """The index of `root`: the kept one where it is current, else built (and kept)."""
+    path = tar_index_path(index_dir, root) if index_dir else ""
+    index = TarIndex.read(path, root) if path else None
+    if index is None:
+        index = TarIndex.build(root)
+        if path and index.write(path):
+            logger.info(f"{root}: {len(index)} images indexed; the index is kept in {path}")
+    return index
+
+
+class TarReader:
+    """The bytes of sample `index`: one pread at its offset, on this process's own descriptor."""
+
+    def __init__(self, index: TarIndex):
+        self.index, self._fds, self._pid = index, {}, None
+
+    def __getstate__(self):  # a worker (spawned or forked) opens its own descriptors
+        return {"index": self.index, "_fds": {}, "_pid": None}
+
+    def read(self, index: int) -> bytes:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        file_id = int(self.index.files[index])
+        fd = self._fds.get(file_id)
+        if fd is None:
+            fd = self._fds[file_id] = os.open(self.index.tars[file_id], os.O_RDONLY)
+        size, offset = int(self.index.sizes[index]), int(self.index.offsets[index])
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"cut short: {len(data)} of {size} bytes at offset {offset}")
+        return data

@@ -1,0 +1,279 @@
+"""Images read from tars by index (pretrain/data/archives.py, shards.py): ImageNet's training
+archive (a tar of per-class tars, or of class folders) and WebDataset shards give the samples of
+the same folder in its order, train to the same weights, keep their index, and bad data is one
+line."""
+
+import io
+import os
+import tarfile
+
+import pytest
+import torch
+
+from conftest import REPO
+from helpers import load_checkpoint, one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def folder(shared_data):
+    return shared_data / "imagenet-sample" / "train"  # 100 full-size JPEGs, 100 classes
+
+
+def _add(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _files(folder):
+    """(class, file name, bytes) of the folder, sorted as a listing is."""
+    return [(c, f, (folder / c / f).read_bytes()) for c in sorted(os.listdir(folder))
+            for f in sorted(os.listdir(folder / c))]
+
+
+def imagenet_archive(folder, path, extra=()):
+    """ILSVRC2012_img_train.tar's layout: one inner tar per class, classes in reverse order (the
+    index sorts them); `extra`: (class, name, bytes) members added to their class's tar."""
+    files = _files(folder) + list(extra)
+    with tarfile.open(path, "w") as outer:
+        for label in sorted({c for c, _, _ in files}, reverse=True):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w") as tar:
+                for c, name, data in files:
+                    if c == label:
+                        _add(tar, name, data)
+            _add(outer, f"{label}.tar", inner.getvalue())
+    return path
+
+
+def class_folder_archive(folder, path):
+    with tarfile.open(path, "w") as tar:
+        tar.add(folder, arcname=".")  # ./<class>/<image>, directories included
+    return path
+
+
+def plain_shards(folder, out, per_shard=30):
+    """WebDataset shards written with tarfile alone: KEY.jpeg + KEY.cls in the folder's order."""
+    out.mkdir()
+    files, classes = _files(folder), sorted(os.listdir(folder))
+    for shard in range(0, len(files), per_shard):
+        with tarfile.open(out / f"train-{shard // per_shard:06d}.tar", "w") as tar:
+            for c, name, data in files[shard:shard + per_shard]:
+                key = f"{c}_{name.split('.')[0]}"
+                _add(tar, f"{key}.jpeg", data)
+                _add(tar, f"{key}.cls", str(classes.index(c)).encode())
+    count = -(-len(files) // per_shard)
+    return str(out / f"train-{{000000..{count - 1:06d}}}.tar")
+
+
+def test_archives_and_shards_hold_the_folders_samples_in_its_order(folder, tmp_path):
+    from pretrain.data.datasets import open_images
+    from pretrain.data.shards import write_shards
+
+    reference = open_images(str(folder))
+    roots = {"archive": str(imagenet_archive(folder, tmp_path / "train.tar")),
+             "class folders": str(class_folder_archive(folder, tmp_path / "folders.tar")),
+             "plain shards": plain_shards(folder, tmp_path / "plain"),
+             "make_shards": write_shards(str(folder), str(tmp_path / "made"), 40,
+                                         progress=False)}
+    assert roots["make_shards"].endswith("shard-{000000..000002}.tar")
+    for layout, root in roots.items():
+        images = open_images(root)
+        assert len(images) == len(reference) == 100, layout
+        assert images.same_classes(reference) and len(images.classes) == 100, layout
+        for k in range(len(reference)):
+            assert images.label(k) == reference.label(k), (layout, k)
+            assert images.read_bytes(k) == reference.read_bytes(k), (layout, k)
+        assert images.name(7).startswith(root.split("{")[0].removesuffix(".tar")), layout
+    assert open_images(roots["archive"]).classes == reference.classes
+
+
+def test_webdataset_reads_the_shards_make_shards_writes_and_a_cut_off_run_resumes(
+        folder, tmp_path, monkeypatch):
+    import webdataset
+
+    from pretrain.data import datasets, shards
+
+    reference = datasets.open_images(str(folder))
+    pattern = shards.write_shards(str(folder), str(tmp_path / "whole"), 40, progress=False)
+    samples = list(webdataset.WebDataset(pattern, shardshuffle=False))
+    assert [s["jpeg"] for s in samples] == [reference.read_bytes(k) for k in range(100)]
+    assert [int(s["cls"]) for s in samples] == [reference.label(k) for k in range(100)]
+
+    # cut off (Ctrl-C) while writing the second shard: the first is whole, the second not there
+    real_read = datasets.ImageFiles.read_bytes
+
+    def cut_off_at_55(self, k):
+        if k == 55:
+            raise KeyboardInterrupt
+        return real_read(self, k)
+
+    monkeypatch.setattr(datasets.ImageFiles, "read_bytes", cut_off_at_55)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        shards.write_shards(str(folder), str(cut), 40, progress=False)
+    assert sorted(os.listdir(cut)) == ["shard-000000.tar", "shard.json"]  # no partial shard
+    monkeypatch.setattr(datasets.ImageFiles, "read_bytes", real_read)
+    assert shards.write_shards(str(folder), str(cut), 40, progress=False) == pattern.replace(
+        "whole", "cut")
+    for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
+        assert (cut / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    with pytest.raises(Exception, match="of another source or shard size"):
+        shards.write_shards(str(folder), str(cut), 50, progress=False)
+
+
+def test_the_tar_index_is_kept_reused_and_rebuilt_when_the_tar_changes(folder, tmp_path,
+                                                                        monkeypatch, caplog):
+    from pretrain.data import archives
+
+    root = str(imagenet_archive(folder, tmp_path / "train.tar"))
+    index_dir = str(tmp_path / "index")
+    built = []
+    real_build = archives.TarIndex.build.__func__
+    monkeypatch.setattr(archives.TarIndex, "build", classmethod(
+        lambda cls, r: built.append(r) or real_build(cls, r)))
+    first = archives.load_tar_index(root, index_dir)
+    second = archives.load_tar_index(root, index_dir)
+    assert len(built) == 1 and len(second) == 100
+    assert [second.name(k) for k in range(100)] == [first.name(k) for k in range(100)]
+    assert (second.offsets == first.offsets).all() and second.classes == first.classes
+
+    os.utime(root, ns=(0, os.stat(root).st_mtime_ns + 10**9))  # another copy of the archive
+    archives.load_tar_index(root, index_dir)
+    assert len(built) == 2
+    path = archives.tar_index_path(index_dir, root)
+    with open(path, "r+b") as f:  # damaged
+        f.truncate(os.path.getsize(path) // 2)
+    assert len(archives.load_tar_index(root, index_dir)) == 100 and len(built) == 3
+    assert "cannot be read" in caplog.text
+
+
+def test_bad_members_follow_the_bad_image_policy_and_are_named(folder, tmp_path):
+    from pretrain.data.datasets import open_images
+    from ssl2det.errors import DatasetError
+
+    broken = (folder / "n01440764" / "n01440764_tench.JPEG").read_bytes()[:2000]
+    root = str(imagenet_archive(folder, tmp_path / "train.tar", extra=[
+        ("n01440764", "n01440764_zz_cut.JPEG", broken), ("n01440764", "README.txt", b"x")]))
+    report = tmp_path / "report"
+    report.mkdir()
+    images = open_images(root, report_dir=str(report))
+    assert len(images) == 101 and images.name(1).endswith("n01440764.tar/n01440764_zz_cut.JPEG")
+    image, label = images.read(1)  # the next readable image, as in a folder
+    assert label == images.label(2) and image.size == open_images(root).read(2)[0].size
+    listed = (report / "bad_images.txt").read_text()
+    assert "n01440764_zz_cut.JPEG" in listed and "README.txt" in listed
+    with pytest.raises(DatasetError, match="n01440764.tar/n01440764_zz_cut.JPEG"):
+        open_images(root, bad_images="error").read(1)
+
+
+def test_unusable_archives_and_patterns_are_one_line(folder, tmp_path):
+    from pretrain.data.datasets import open_images
+    from ssl2det.errors import DatasetError
+
+    whole = imagenet_archive(folder, tmp_path / "train.tar")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:os.path.getsize(whole) // 2])
+    with pytest.raises(DatasetError, match=r"cut\.tar is cut short: member .* at offset \d+"):
+        open_images(str(cut))
+    (tmp_path / "noise.tar").write_bytes(os.urandom(4096))
+    with pytest.raises(DatasetError, match=r"noise\.tar is not a readable tar at offset 0"):
+        open_images(str(tmp_path / "noise.tar"))
+    with pytest.raises(DatasetError, match=r"the pattern .*none-\{000000\.\.000003\}\.tar "
+                                           "matches no file"):
+        open_images(str(tmp_path / "none-{000000..000003}.tar"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "s-000000.tar", "w") as tar:
+        _add(tar, "a.txt", b"no image")
+        _add(tar, "a.cls", b"0")
+    with pytest.raises(DatasetError, match=r"s-000000\.tar holds no image"):
+        open_images(str(shards / "s-{000000..000000}.tar"))
+    with tarfile.open(shards / "s-000001.tar", "w") as tar:
+        _add(tar, "b.jpg", (folder / "n01440764" / "n01440764_tench.JPEG").read_bytes())
+    with pytest.raises(DatasetError, match=r"sample b has no b\.cls"):
+        open_images(str(shards / "s-{000001..000001}.tar"))
+    with pytest.raises(DatasetError, match="1 of its 2 shards are missing"):
+        open_images(str(shards / "s-{000001..000002}.tar"))
+    # the commands say it in one line, no traceback (the tool in its own process)
+    result = run(["python", REPO / "tools" / "make_shards.py", cut, tmp_path / "out"], cwd=REPO)
+    one_line_error(result, 1, "cut.tar is cut short")
+
+
+def _pretrain(root, out, extra=()):
+    from pretrain.config import load_config
+    from pretrain.engine.run import run_pretraining
+
+    cfg = load_config(str(REPO / "configs/pretrain/infocl_cifar10_simclr.yaml"), [
+        "DATA.ROOT", root, "DATA.VAL_ROOT", "", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4",
+        "SOLVER.BATCH_SIZE", "16", "INPUT.SIZE", "32", "DATA.NUM_WORKERS", "2",
+        "SOLVER.CHECKPOINT_PERIOD", "2", "LOG_PERIOD", "1", "MODEL.CHANNELS_LAST", "False",
+        *extra])
+    run_pretraining(cfg, resume=True)
+    return load_checkpoint(out / "model_final.pth")["model"]
+
+
+@pytest.mark.slow
+def test_a_folder_its_archive_and_shards_train_to_the_same_weights(folder, tmp_path):
+    """Full-size JPEGs, 2 loader workers; the shards' run is cut after its checkpoint of
+    iteration 2 and resumed."""
+    from pretrain.data.shards import write_shards
+
+    roots = {"archive": str(imagenet_archive(folder, tmp_path / "train.tar")),
+             "plain shards": plain_shards(folder, tmp_path / "plain"),
+             "make_shards": write_shards(str(folder), str(tmp_path / "made"), 40,
+                                         progress=False)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order in every run
+    try:
+        reference = _pretrain(str(folder), tmp_path / "folder")
+        for layout, root in roots.items():
+            weights = _pretrain(root, tmp_path / layout)
+            assert weights.keys() == reference.keys()
+            assert all(torch.equal(weights[k], reference[k]) for k in reference), layout
+        out = tmp_path / "made resumed"
+        _pretrain(roots["make_shards"], out)
+        assert (out / "model_0000001.pth").is_file()
+        (out / "last_checkpoint").write_text("model_0000001.pth")  # as if killed after iteration 2
+        os.remove(out / "model_final.pth")
+        resumed = _pretrain(roots["make_shards"], out)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_the_decode_on_device_path_reads_archives_and_shards(folder, tmp_path):
+    """INPUT.DECODE_ON_DEVICE: workers hand the members' bytes over; the batch is the folder's."""
+    from pretrain.config import load_config
+    from pretrain.data import build_pretrain_loader
+
+    def first_batch(root):
+        cfg = load_config(str(REPO / "configs/pretrain/simclr_r50_imagenet.yaml"), [
+            "DATA.ROOT", root, "DATA.VAL_ROOT", "", "OUTPUT_DIR", str(tmp_path / "out"),
+            "SOLVER.BATCH_SIZE", "8", "INPUT.SIZE", "64", "DATA.NUM_WORKERS", "0",
+            "INPUT.AUGMENT_ON_DEVICE", "True", "INPUT.DECODE_ON_DEVICE", "True"])
+        loader, sampler = build_pretrain_loader(cfg, 0, 1, on_device=True)
+        sampler.set_epoch(0, 0)
+        return next(iter(loader))
+
+    views, labels = first_batch(str(folder))
+    for root in (str(imagenet_archive(folder, tmp_path / "train.tar")),
+                 plain_shards(folder, tmp_path / "plain")):
+        other_views, other_labels = first_batch(root)
+        assert torch.equal(other_labels, labels)
+        assert all(torch.equal(a, b) for a, b in zip(other_views, views))
+
+
+def test_the_preflight_counts_archives_and_shards_and_names_what_is_missing(folder, tmp_path):
+    from transfer.preflight import _folder_problem
+
+    seen = {}
+    archive = str(imagenet_archive(folder, tmp_path / "train.tar"))
+    shards = plain_shards(folder, tmp_path / "plain")
+    index_dir = str(tmp_path / "index")
+    assert _folder_problem("DATA.ROOT", archive, seen, index_dir) is None
+    assert _folder_problem("DATA.ROOT", shards, seen, index_dir) is None
+    assert seen == {archive: 100, shards: 100}
+    assert len(os.listdir(index_dir)) == 2  # kept for the pretraining that reads them
+    problem = _folder_problem("DATA.VAL_ROOT", str(tmp_path / "val-{000..009}.tar"), seen)
+    assert problem.startswith("DATA.VAL_ROOT: the pattern ") and "matches no file" in problem
