@@ -133,37 +133,47 @@ class TarIndex:
 
     @classmethod
     def _from_archive(cls, path: str) -> "TarIndex":
-        """ImageNet's archive: per-class inner tars, or class folders; sorted as a folder."""
-        per_class, ignored = {}, []
+        """ImageNet's archive: per-class inner tars, or class folders; sorted as a folder. Each
+        inner tar's images are sorted and packed into arrays as soon as it is read (1.28M
+        entries kept as Python tuples would take 400 MB)."""
+        packed, loose, ignored = {}, {}, []  # class: _Arrays (inner tars), [entry] (folders)
         with open(path, "rb") as f:
             for name, offset, size in _members(path, f):  # (tarfile seeks back to its next header)
                 if name.endswith(".tar"):  # ImageNet's: a tar per class
                     label_name = os.path.basename(name)[:-len(".tar")]
-                    entries = per_class.setdefault(label_name, [])
+                    if label_name in packed:
+                        raise DatasetError(f"{path}: two members hold class {label_name} "
+                                           f"({name} is the second); keep one tar per class")
+                    entries = []
                     for inner, at, length in _members(f"{path}:{name}", f, offset, offset + size):
                         if _is_image(inner):
                             entries.append((os.path.dirname(inner), os.path.basename(inner),
                                             f"{name}/{inner}", at, length))
                         else:
                             ignored.append(f"{name}/{inner}")
+                    packed[label_name] = _Arrays.of(entries)
                 elif "/" in name and _is_image(name):  # class folders
                     label_name, inside = name.split("/", 1)
-                    per_class.setdefault(label_name, []).append(
+                    loose.setdefault(label_name, []).append(
                         (os.path.dirname(inside), os.path.basename(inside), name, offset, size))
                 else:
                     ignored.append(name)
-        classes = sorted(per_class)
+        for label_name, entries in loose.items():
+            if label_name in packed:
+                raise DatasetError(f"{path}: class {label_name} is both a tar and a folder; "
+                                   "keep one of them")
+            packed[label_name] = _Arrays.of(entries)
+        classes = sorted(packed)
         if not classes:
             raise DatasetError(f"{path} holds no image in per-class tars or class folders "
                                "(expected ImageNet's training archive: <class>.tar members)")
-        empty = [c for c in classes if not per_class[c]]
+        empty = [c for c in classes if not len(packed[c].offsets)]
         if empty:
             raise DatasetError(f"{path}: the classes {', '.join(empty[:5])} hold no image; add "
                                "images or remove them from the archive")
         arrays = _Arrays()
         for label, label_name in enumerate(classes):
-            for _, _, name, offset, size in sorted(per_class.pop(label_name)):
-                arrays.add(0, offset, size, label, name)
+            arrays.extend(packed.pop(label_name), label)
         return cls("archive", [path], classes, arrays.done(), ignored)
 
     @classmethod
@@ -293,6 +303,24 @@ class _Arrays:
         self.files, self.offsets, self.sizes = array("i"), array("q"), array("q")
         self.labels, self.name_ends, self.names = array("i"), array("q"), bytearray()
 
+    @classmethod
+    def of(cls, entries) -> "_Arrays":
+        """One class's (folder, file name, member name, offset, size) entries, sorted as a
+        folder's listing sorts them (label and tar filled in by extend)."""
+        arrays = cls()
+        for _, _, name, offset, size in sorted(entries):
+            arrays.add(0, offset, size, 0, name)
+        return arrays
+
+    def extend(self, other: "_Arrays", label: int) -> None:
+        base = len(self.names)
+        self.files.extend(other.files)
+        self.offsets.extend(other.offsets)
+        self.sizes.extend(other.sizes)
+        self.labels.extend([label] * len(other.labels))
+        self.name_ends.extend(end + base for end in other.name_ends)
+        self.names += other.names
+
     def add(self, file_id, offset, size, label, name):
         self.files.append(file_id)
         self.offsets.append(offset)
@@ -302,11 +330,12 @@ class _Arrays:
         self.name_ends.append(len(self.names))
 
     def done(self) -> dict:
-        return {"files": np.array(self.files, np.int32),
-                "offsets": np.array(self.offsets, np.int64),
-                "sizes": np.array(self.sizes, np.int64), "labels": np.array(self.labels, np.int64),
-                "name_ends": np.array(self.name_ends, np.int64),
-                "names": np.frombuffer(bytes(self.names), np.uint8)}
+        """The columns as numpy arrays over the same memory (no copy); nothing is added after."""
+        columns = {"files": (self.files, np.int32), "offsets": (self.offsets, np.int64),
+                   "sizes": (self.sizes, np.int64), "labels": (self.labels, np.int32),
+                   "name_ends": (self.name_ends, np.int64), "names": (self.names, np.uint8)}
+        return {key: np.frombuffer(column, dtype) if len(column) else np.zeros(0, dtype)
+                for key, (column, dtype) in columns.items()}
 
 
 def _identity(path: str) -> list:
