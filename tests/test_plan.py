@@ -227,3 +227,22 @@ def test_the_dry_run_says_what_would_run_and_changes_nothing(chain, capsys):
     assert "fake job of fake a after []" in out and "fake job of fake b after ['<fake a>']" in out
     assert inner.started == [] and not b.folder.exists()
     assert {p: p.read_bytes() for p in a.folder.iterdir()} == before  # nothing set aside
+
+
+def test_the_seeds_of_a_backbone_depend_on_its_conversion_not_on_each_other(tmp_path):
+    """The tiny run's stage graph: both fine-tuning seeds of a backbone start once its weights
+    are converted, side by side (as jobs, they run at once); each evaluation reads its own."""
+    from tiny_pipeline import tiny_spec, write_run_file
+    from transfer.spec import load_spec
+    from transfer.stages import build_stages
+
+    spec = tiny_spec(tmp_path, tmp_path / "run")
+    stages = {s.key: s for s in build_stages(load_spec(str(write_run_file(
+        tmp_path / "run.yaml", spec))))}
+    seeds = [stages[("finetune", "det", run)] for run in ("simclr", "simclr-seed1")]
+    assert seeds[0].requires == seeds[1].requires == [("convert", "simclr")]
+    assert stages[("convert", "simclr")].requires == [("pretrain", "simclr")]
+    for run in ("simclr", "simclr-seed1"):
+        assert ("finetune", "det", run) in stages[("evaluate", "det", run)].requires
+    report = next(s for s in stages.values() if s.kind == "report")
+    assert set(report.requires) == set(stages) - {report.key}

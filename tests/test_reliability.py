@@ -495,11 +495,12 @@ def test_persistent_nan_stops_the_run_keeping_the_last_good_checkpoint(shared_da
 # --- a rank dies or hangs --------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "hangs"])
+@pytest.mark.parametrize("fault", [signal.SIGKILL], ids=["dies"])
 def test_a_failed_rank_stops_the_other_with_a_clear_error(fault, shared_data, tmp_path):
-    """Two processes started as a launcher (torchrun, srun) would; rank 1 is killed, or frozen,
-    in the middle of training. Rank 0 must stop with a message (not hang, no traceback): at
-    once when the peer died, after DIST.TIMEOUT_S when it hangs."""
+    """Two processes started as a launcher (torchrun, srun) would; rank 1 is killed in the
+    middle of training. Rank 0 must stop at once with a message (not hang, no traceback). (A
+    frozen rank, which rank 0 gives up on after DIST.TIMEOUT_S, is the two-node study's first
+    fault: tests/test_slurm.py.)"""
     out = tmp_path / "run"
     port = str(29600 + fault)
     cmd = PRETRAIN + ["--config-file", str(REPO / "configs/pretrain/infocl_cifar10_barlow.yaml"),

@@ -1,12 +1,13 @@
 """The pipeline on a real SLURM cluster (tools/slurm/local_cluster.sh start --nodes 2, started by
 .ci/run: this machine as node `debug`, two more in network namespaces as partition `multi`)
-through submitit: every stage its own job with the stage graph's afterok dependencies,
-independent stages at once, results equal to the local run's; a 2-task pretraining job equal
-to torchrun's; a warning signal that checkpoints, requeues and resumes exactly; re-submission
-that leaves live jobs alone; bad launch settings refused before anything is submitted; a
-scheduler that does not answer; time limits as SLURM reads them. Across the two nodes: srun
-equal to one machine, the interface rule, a hung and a dead rank ending their job in bounds
-and resuming exactly. (Which stages a resubmission runs is the plan's, tests/test_plan.py.)"""
+through submitit: a 2-task pretraining job equal to torchrun's; bad launch settings refused
+before anything is submitted; the dry run's sbatch scripts; a scheduler that does not answer;
+time limits as SLURM reads them. Across the two nodes: srun equal to one machine, the interface
+rule, and one study through the pipeline (the SLURM path's end-to-end run): every stage its own
+job with the stage graph's afterok dependencies, a warning signal that checkpoints, requeues
+and resumes, re-submission that leaves live jobs alone, a hung and a dead rank ending their job
+in bounds, a lost node, and weights equal to one machine's. (Which stages a resubmission runs,
+and which run side by side, is the plan's: tests/test_plan.py.)"""
 
 import json
 import os
@@ -22,7 +23,7 @@ import torch
 
 from conftest import REPO
 from helpers import wait_until
-from tiny_pipeline import (DATA, QUICK_PRETRAIN, final_metrics, run_pipeline, tiny_spec,
+from tiny_pipeline import (DATA, QUICK_PRETRAIN, run_pipeline, tiny_spec,
                            with_overrides, write_run_file)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -48,78 +49,38 @@ def _dependencies(out, job) -> set:
     return set(found.group(1).split(":")) if found else set()
 
 
-def _assert_equals_two_local_processes(weights, overrides, out):
-    """`weights` (a model_final.pth) equal, tensor for tensor, to the same pretraining as two
-    gloo processes of our launcher on this machine (one thread each, as torchrun sets it)."""
+def _two_local_processes(overrides, out):
+    """The pretraining of `overrides` as two gloo processes of our launcher (torchrun) on this
+    machine, one thread each (as torchrun sets it): its model_final.pth."""
     local = subprocess.run([sys.executable, "-m", "pretrain.launch",
                             str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus", "0",
                             "--num-procs", "2", *overrides, "OUTPUT_DIR", str(out)],
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert local.returncode == 0, local.stderr[-3000:]
+    return out / "model_final.pth"
+
+
+def _assert_same_weights(weights, reference):
     ours = torch.load(weights, weights_only=True)["model"]
-    theirs = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    theirs = torch.load(reference, weights_only=True)["model"]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_the_tiny_pipeline_as_slurm_jobs_survives_a_requeue_and_matches_the_local_run(
-        tiny_local_run, tmp_path):
-    """Each stage its own job (ids recorded), dependencies as the stage graph says. The
-    pretraining gets SLURM's warning signal mid-run (submitit's USR2, sent with scancel): it
-    writes a checkpoint and stops, the job is requeued under the same id, its dependents keep
-    waiting, and it resumes from the checkpoint. A second submission meanwhile submits nothing
-    and follows the jobs (--wait). The two fine-tuning seeds from one backbone run at once, the
-    report is written by its job, and every final metric equals the uninterrupted local run's
-    (same seeds), so the resume was exact and the fine-tunings ran after it."""
-    from transfer.pipeline import build_stages
-    from transfer.spec import load_spec
-
-    local_out, _, _, local_metrics = tiny_local_run
-    out = tmp_path / "run"
-    run_file = write_run_file(tmp_path / "run.yaml",
-                              tiny_spec(local_out.parent, out, launch=SLURM))
-    assert "submitted 12 SLURM job(s)" in run_pipeline(run_file)
-    folder = out / "pretrain/simclr"
-    job = _record(folder / "stage.json")["run"]["id"]
-    wait_until(lambda: (folder / "metrics.json").is_file()
-                and len((folder / "metrics.json").read_text().splitlines()) >= 2,
-                "the pretraining's second step")
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
-    # SLURM holds a requeued job for two minutes before it may start again; release it now
-    subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
-    followed = run_pipeline(run_file, "--wait")
-    # (the other backbone's conversion needs no pretraining: it may be done by now)
-    assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, \d+ already queued or running",
-                     followed), followed[-2000:]
-    assert "[pipeline] finished in" in followed
-
-    log = (folder / "pretrain.log").read_text()
-    stopped = re.search(r"stopped by SIGUSR2 after iteration (\d+)", log)
-    assert stopped and f"continuing at iteration {int(stopped.group(1)) + 1}" in log
-    stages = build_stages(load_spec(str(run_file)))
-    jobs = {stage.key: stage.record.run["id"] for stage in stages}
-    assert len(set(jobs.values())) == len(stages) == 12 and jobs[("pretrain", "simclr")] == job
-    for stage in stages:  # the report's: every other stage's job
-        assert _dependencies(out, jobs[stage.key]) == {jobs[k] for k in stage.requires}, stage.label
-    assert (out / "report.md").is_file() and "## Results" in (out / "report.md").read_text()
-
-    seeds = [_record(out / f"finetune/det/{run}/stage.json") for run in ("simclr", "simclr-seed1")]
-    assert seeds[0]["started"] < seeds[1]["finished"] and seeds[1]["started"] < seeds[0]["finished"]
-    assert seeds[0]["started"] > _record(folder / "stage.json")["finished"] - 1
-
-    assert final_metrics(out) == local_metrics
-
-    again = run_pipeline(run_file, "--executor", "slurm")
-    assert "submitted 0 SLURM job(s)" in again and again.count("complete, skipped") == 12
-    status = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file),
-                             "--status"], capture_output=True, text=True, cwd=REPO)
-    assert status.returncode == 0 and status.stdout.count(": complete") == 12
+#: 3 iterations, no kNN: what the 2-task runs below train
+THREE_STEPS = with_overrides(QUICK_PRETRAIN, "SOLVER.MAX_ITER", 3, "KNN.ENABLED", False)
 
 
-def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(tmp_path):
+@pytest.fixture(scope="module")
+def torchrun_three_steps(tmp_path_factory):
+    """THREE_STEPS as two processes on this machine, once for the tests that compare with it."""
+    return _two_local_processes(THREE_STEPS, tmp_path_factory.mktemp("torchrun") / "run")
+
+
+def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(
+        torchrun_three_steps, tmp_path):
     """Two SLURM tasks (DDP from SLURM's environment, gloo) against torchrun's two processes
     of the same config: bit-identical weights; the scale each run says it ran at."""
-    overrides = with_overrides(QUICK_PRETRAIN, "SOLVER.MAX_ITER", 3, "KNN.ENABLED", False)
+    overrides = THREE_STEPS
     # one thread a process, as torchrun sets it for its workers (OMP_NUM_THREADS=1)
     launch = {**SLURM, "setup": ["export OMP_NUM_THREADS=1"],
               "pretrain": {"tasks_per_node": 2, "cpus_per_task": 1, "time": "0:30:00"}}
@@ -128,8 +89,7 @@ def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(tmp_pa
         "pretrain": [{"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
                       "overrides": overrides}]})
     run_pipeline(run_file, "--wait")
-    _assert_equals_two_local_processes(tmp_path / "slurm/pretrain/a/model_final.pth", overrides,
-                                       tmp_path / "torchrun")
+    _assert_same_weights(tmp_path / "slurm/pretrain/a/model_final.pth", torchrun_three_steps)
     scale = _record(tmp_path / "slurm/pretrain/a/scale.json")
     assert scale["world_size"] == 2 and scale["batch_per_process"] == 4
     assert (tmp_path / "slurm/pretrain/a/pretrain.log.rank1").is_file()
@@ -270,12 +230,13 @@ def _status(run_file) -> dict:
     return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
 
 
-def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tmp_path):
+def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes,
+                                                                   torchrun_three_steps, tmp_path):
     """`srun -N 2 --ntasks-per-node 1 python -m pretrain`, no variable set by hand: each rank
     picks the interface that routes to the master (the host name resolves to loopback here, the
     gloo trap), and the weights equal `pretrain.launch --num-procs 2` on one machine (one thread
     a rank); scale.json says where each rank ran."""
-    overrides = with_overrides(QUICK_MULTI, "SOLVER.MAX_ITER", 3)
+    overrides = THREE_STEPS
     config = str(REPO / "configs/demo/simclr_r50_small.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     srun = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
@@ -286,8 +247,7 @@ def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes, tm
     for rank, node in ((0, "mn1"), (1, "mn2")):
         assert re.search(rf"\[distributed\] rank {rank} on {node}: master mn1:\d+ over eth0 "
                          rf"\(10\.88\.0\.1{rank + 1}\)", srun.stderr), srun.stderr[-3000:]
-    _assert_equals_two_local_processes(tmp_path / "srun/model_final.pth", overrides,
-                                       tmp_path / "local")
+    _assert_same_weights(tmp_path / "srun/model_final.pth", torchrun_three_steps)
     scale = _record(tmp_path / "srun/scale.json")
     assert scale["nodes"] == 2 and scale["ranks"] == [
         {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
@@ -315,17 +275,24 @@ def test_a_master_the_node_cannot_reach_is_one_line_within_seconds(two_nodes, tm
     assert "mn2 cannot reach the master 10.88.1.1:29911 (Network is unreachable)" in result.stderr
 
 
-def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_resumes_exactly(
+def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_node_exactly(
         two_nodes, tmp_path):
-    """Pretraining and fine-tuning across the two nodes through the pipeline. A rank on mn2
-    that hangs (SIGSTOP): rank 0 stops after DIST.TIMEOUT_S, srun ends the job
+    """Pretraining and fine-tuning across the two nodes through the pipeline, each stage its
+    own job with the stage graph's dependencies. SLURM's warning signal (submitit's USR2, sent
+    with scancel, as before a time limit): both ranks checkpoint and stop, the job is requeued
+    under its id, its dependents keep waiting, and a second submission meanwhile submits
+    nothing. Then a rank on mn2 that hangs (SIGSTOP): rank 0 stops after DIST.TIMEOUT_S, srun ends the job
     (--kill-on-bad-exit) within DIST.TIMEOUT_S + 60 s, no process of it is left, --status
     names the failure. Submitted again, it resumes; a rank on mn2 that dies (SIGKILL) ends the
     job within 60 s, the same way. Submitted again, it resumes; node mn2 is lost (its slurmd
     and processes killed): the job stops running within 120 s (it fails, or SLURM requeues it
     for the node failure); with the node back, the run file submitted again runs to the report
     (the requeued job cancelled first). The pretrained weights equal an uninterrupted 2-process
-    run on one machine, and the 2-node fine-tuning equals its command run as 2 processes here."""
+    run on one machine, and the 2-node fine-tuning equals its command run as 2 processes here;
+    submitted again, every stage is complete and skipped."""
+    from transfer.pipeline import build_stages
+    from transfer.spec import load_spec
+
     timeout_s = 20
     overrides = with_overrides(QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", 6, "DIST.TIMEOUT_S",
                                timeout_s)
@@ -345,9 +312,29 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_re
         wait_until(lambda: not _job_processes(job), "the job's processes to go", 30)
         status = _status(run_file)["pretrain simclr"]
         assert status.startswith("FAILED (job ") and " on mn" in status, status
+        if signal_name == "SIGSTOP":
+            # rank 0 gave up on its peer in one line (SLURM then wakes rank 1 to end it, so
+            # either rank may be the failure on record)
+            log = (folder / "pretrain.log").read_text()
+            assert "error: rank 0 stopped at iteration" in log and "--resume" in log
+            assert "Traceback" not in log
         return time.monotonic() - started
 
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
+    stages = build_stages(load_spec(str(run_file)))
+    jobs = {stage.key: stage.record.run["id"] for stage in stages}
+    assert len(set(jobs.values())) == len(stages) == 5
+    for stage in stages:  # the report's: every other stage's job
+        assert _dependencies(tmp_path / "run", jobs[stage.key]) == {
+            jobs[k] for k in stage.requires}, stage.label
+    job = jobs[("pretrain", "simclr")]
+    wait_until(lambda: _last_iteration(folder) >= 2, "the pretraining's third step")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
+    # SLURM holds a requeued job for two minutes before it may start again; release it now
+    subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
+    assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, 5 already queued or running",
+                     run_pipeline(run_file))
     hung = fault("SIGSTOP", 7, timeout_s + 60)  # (checkpoints after iterations 6, 12, 18)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
     dead = fault("SIGKILL", 13, 60)
@@ -369,11 +356,14 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_re
     followed = run_pipeline(run_file, "--wait")
     assert "[pipeline] finished in" in followed, followed[-2000:]
     log = (folder / "pretrain.log").read_text()
-    assert log.count("continuing at iteration") == 3, log[-3000:]
+    stopped = re.search(r"stopped by SIGUSR2 after iteration (\d+)", log)
+    assert stopped and f"continuing at iteration {int(stopped.group(1)) + 1}" in log, log[-3000:]
+    assert log.count("continuing at iteration") == 4, log[-3000:]
     print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after "
           f"SIGKILL; lost node: job {after.lower()} {lost:.0f} s after the loss")
 
-    _assert_equals_two_local_processes(folder / "model_final.pth", overrides, tmp_path / "local")
+    _assert_same_weights(folder / "model_final.pth",
+                         _two_local_processes(overrides, tmp_path / "local"))
 
     finetune = tmp_path / "run/finetune/det/simclr"
     assert "[distributed] rank 1 on mn2" in (finetune / "finetune.log.rank1").read_text()
@@ -389,7 +379,10 @@ def test_a_two_node_study_survives_a_hung_and_a_dead_rank_and_a_lost_node_and_re
     ours = torch.load(finetune / "model_final.pth", weights_only=False)["model"]
     theirs = torch.load(tmp_path / "finetune_here/model_final.pth", weights_only=False)["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert (tmp_path / "run/report.md").is_file()
+    assert "## Results" in (tmp_path / "run/report.md").read_text()
+    again = run_pipeline(run_file)
+    assert "submitted 0 SLURM job(s)" in again and again.count("complete, skipped") == 5
+    assert list(_status(run_file).values()).count("complete") == 5
 
 
 @pytest.mark.parametrize("limit", ["30", "30:15", "2:00:00", "1-02", "1-02:00", "1-02:03:04"])
