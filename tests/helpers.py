@@ -1,9 +1,12 @@
 """Helpers the test modules share: running a command line, reading a checkpoint, the one-line
 error contract, waiting for a condition."""
 
+import contextlib
+import io
 import subprocess
 import sys
 import time
+import traceback
 
 import torch
 
@@ -12,6 +15,23 @@ def run(cmd, timeout=900, **kwargs) -> subprocess.CompletedProcess:
     """`cmd` (a list; a leading "python" stands for this interpreter) with its output kept."""
     cmd = [sys.executable if c == "python" else c for c in map(str, cmd)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def call(main, argv) -> subprocess.CompletedProcess:
+    """An entry point's `main(argv)` run in this process, seen as `run` sees its command: the
+    exit code and what it printed. An exception that escapes `main` is printed as the
+    interpreter would (a "Traceback"), so one_line_error holds it to the same contract; one
+    subprocess per entry point (in its test file) checks what only a process shows."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else (e.code is not None)
+        except Exception:  # noqa: BLE001 (the interpreter's own outcome, made visible)
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def load_checkpoint(path) -> dict:
