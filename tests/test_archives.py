@@ -176,6 +176,8 @@ def test_unusable_archives_and_patterns_are_one_line(folder, tmp_path):
     cut.write_bytes(whole.read_bytes()[:os.path.getsize(whole) // 2])
     with pytest.raises(DatasetError, match=r"cut\.tar is cut short: member .* at offset \d+"):
         open_images(str(cut))
+    with pytest.raises(DatasetError, match=r"is a compressed tar, .* give the \.tar"):
+        open_images(str(tmp_path / "train.tar.gz"))
     (tmp_path / "noise.tar").write_bytes(os.urandom(4096))
     with pytest.raises(DatasetError, match=r"noise\.tar is not a readable tar at offset 0"):
         open_images(str(tmp_path / "noise.tar"))

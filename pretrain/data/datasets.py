@@ -82,7 +82,9 @@ class ImageFiles(ReadsImages, ImageFolder):
                 has_file_allowed_extension(p, IMG_EXTENSIONS)))
         except (FileNotFoundError, OSError) as e:
             raise DatasetError(f"cannot read image folder {root!r}: {e}. Expected the ImageNet "
-                               "layout ROOT/<class>/<image>.jpg; set DATA.ROOT / DATA.VAL_ROOT.") from None
+                               "layout ROOT/<class>/<image>.jpg, ImageNet's training .tar or "
+                               "shards NAME-{000000..000146}.tar; set DATA.ROOT / DATA.VAL_ROOT."
+                               ) from None
         if self.ignored_files:
             ignored = self.ignored_files
             logger.warning(f"{root}: ignored {len(ignored)} files without an image extension, "
@@ -182,6 +184,9 @@ def open_images(root: str, transform=None, bad_images: str = "skip", report_dir:
                 index_dir: str = ""):
     """The image set at `root`: an image folder (ImageFiles), or a tar archive or WebDataset
     shards (TarImages)."""
+    if root.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        raise DatasetError(f"{root} is a compressed tar, which cannot be read by offset; "
+                           "decompress it once (e.g. gunzip) and give the .tar")
     kind = TarImages if is_tar_root(root) else ImageFiles
     return kind(root, transform, bad_images=bad_images, report_dir=report_dir,
                 index_dir=index_dir)
