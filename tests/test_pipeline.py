@@ -24,7 +24,10 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     stale. (The random backbone runs in the demo and the other pipeline tests.)"""
     import statistics
 
-    out, run_file, first, _ = tiny_local_run
+    from transfer.spec import load_spec
+    from transfer.stages import build_stages
+
+    out, run_file, first = tiny_local_run
     spec = yaml.safe_load(run_file.read_text())
     assert "pre-flight: 12 stages, every input found" in first  # 11 and the report
     report = (out / "report.md").read_text()
@@ -72,15 +75,21 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     kept = _run(run_file, "--keep-stale")
     assert kept.count("STALE (its inputs changed since it ran)") == 4
     assert "| det | simclr (STALE) |" in (out / "report.md").read_text()
-    redone = _run(run_file)
-    assert redone.count("its inputs changed since its outputs were made") == 4
-    assert redone.count("complete, skipped") == 12 - 5  # and the report
-    for backbone in ("simclr", "supervised"):
-        assert len(list((out / f"evaluate/det/{backbone}/predictions").glob("*.png"))) == 1
-        assert list((out / "evaluate/det").glob(f"{backbone}.stale-*/final_metrics.json"))
-    assert "STALE" not in (out / "report.md").read_text()
-    # its ~3 GB of checkpoints go now, not at the session's end: the SLURM test needs only the
-    # metrics the fixture kept and the inputs beside this folder
+    # Without it they would be redone (the 4 evaluations, then the report; the rest skipped),
+    # each after moving its old outputs aside: what --dry-run says, with nothing moved yet, and
+    # what one evaluation's set-aside does. (Running stages the plan chose is the first run's;
+    # the plan's decisions are tests/test_plan.py's.)
+    planned = _run(run_file, "--dry-run")
+    assert planned.count("would be moved") == 4 and planned.count("would run, local") == 5
+    assert planned.count("complete, skipped") == 12 - 5 and "] report: would run" in planned
+    assert len(list((out / "evaluate/det/simclr/predictions").glob("*.png"))) == 2  # untouched
+    stage = next(s for s in build_stages(load_spec(str(run_file)))
+                 if s.key == ("evaluate", "det", "simclr"))
+    moved = stage.set_aside()
+    assert moved and all(".stale-" in str(path) for path in moved)
+    assert list((out / "evaluate/det").glob("simclr.stale-*/final_metrics.json"))
+    assert not stage.is_complete()
+    # its ~3 GB of checkpoints go now, not at the session's end
     shutil.rmtree(out)
 
 

@@ -1,9 +1,8 @@
 """The tiny run file the pipeline tests share (tests/test_pipeline.py runs it on this machine,
-tests/test_slurm.py on the one-node SLURM cluster, and compares): pretraining on the shipped
+tests/test_slurm.py's studies are made from it): pretraining on the shipped
 raccoon photos and a torchvision-layout ResNet-50 file as a second backbone, each fine-tuned as
 Faster R-CNN C4 with two seeds on an 8-photo VOC split, evaluated on 4."""
 
-import json
 import subprocess
 import sys
 
@@ -96,16 +95,3 @@ def run_pipeline(run_file, *flags, code=0):
                              *flags], capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert result.returncode == code, (result.stdout + result.stderr)[-4000:]
     return result.stdout
-
-
-RUNS = [f"{backbone}{seed}" for backbone in ("simclr", "supervised") for seed in ("", "-seed1")]
-
-
-def final_metrics(out) -> dict:
-    """{run: its final_metrics.json without "run"} of the tiny run's evaluations."""
-    found = {}
-    for run in RUNS:
-        metrics = json.loads((out / f"evaluate/det/{run}/final_metrics.json").read_text())
-        metrics.pop("run")
-        found[run] = metrics
-    return found
