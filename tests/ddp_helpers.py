@@ -97,23 +97,25 @@ def run_with_nan_on_one_rank(overrides, port, out_dir, world=2, timeout_s=300):
 
 
 def _file_index_worker(rank, world, init_file, root, index_dir, out_dir):
-    """Each rank opens the image folder as a pretraining run does; records whether it listed
-    the folder itself (os.walk) and what it found."""
+    """Each rank opens the images as a pretraining run does; records whether it listed the
+    folder (os.walk) or read the tar headers itself, and what it found."""
     import json
 
+    from pretrain.data import archives, datasets
     from pretrain.data import build as data_build
-    from pretrain.data import datasets
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
         walked = []
-        real_walk = os.walk
+        real_walk, real_build = os.walk, archives.TarIndex.build.__func__
         datasets.os.walk = lambda *a, **k: walked.append(a[0]) or real_walk(*a, **k)
+        archives.TarIndex.build = classmethod(lambda cls, r: walked.append(r) or real_build(cls, r))
         cfg = load_config("", ["DATA.INDEX_DIR", index_dir, "OUTPUT_DIR", out_dir])
-        folder = data_build.image_folder(cfg, root)
+        images = data_build.image_folder(cfg, root)
+        samples = [(images.name(k), images.label(k)) for k in range(len(images))]
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump({"walked": len(walked), "samples": folder.samples}, f)
+            json.dump({"walked": len(walked), "samples": samples}, f)
     finally:
         dist.destroy_process_group()
 

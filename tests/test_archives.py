@@ -279,3 +279,16 @@ def test_the_preflight_counts_archives_and_shards_and_names_what_is_missing(fold
     assert len(os.listdir(index_dir)) == 2  # kept for the pretraining that reads them
     problem = _folder_problem("DATA.VAL_ROOT", str(tmp_path / "val-{000..009}.tar"), seen)
     assert problem.startswith("DATA.VAL_ROOT: the pattern ") and "matches no file" in problem
+
+
+def test_ranks_share_one_reading_of_the_headers(folder, tmp_path):
+    """Under DDP rank 0 reads the tar headers and writes the index; rank 1 reads the index."""
+    from ddp_helpers import image_folder_on_ranks
+    from pretrain.data.datasets import open_images
+
+    root = str(imagenet_archive(folder, tmp_path / "train.tar"))
+    ranks = image_folder_on_ranks(root, str(tmp_path / "index"), 2, str(tmp_path))
+    assert ranks[0]["walked"] == 1 and ranks[1]["walked"] == 0
+    images = open_images(root)
+    assert ranks[0]["samples"] == ranks[1]["samples"] == [
+        [images.name(k), images.label(k)] for k in range(len(images))]
