@@ -494,6 +494,21 @@ def test_persistent_nan_stops_the_run_keeping_the_last_good_checkpoint(shared_da
 
 # --- a rank dies or hangs --------------------------------------------------------------------
 
+@pytest.mark.parametrize("text", [
+    "[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 20000ms for recv operation",
+    "[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.88.0.12]:20023",
+    "Application timeout caused pair closure",  # gloo on two nodes, a peer frozen (SIGSTOP)
+])
+def test_what_gloo_says_of_a_lost_peer_is_a_peer_failure(text, monkeypatch):
+    """Each becomes rank 0's one-line DistributedFaultError, not a traceback; other errors
+    stay what they are."""
+    from pretrain.engine import trainer
+
+    monkeypatch.setattr(trainer, "get_world_size", lambda: 2)
+    assert trainer.is_peer_failure(RuntimeError(text))
+    assert not trainer.is_peer_failure(RuntimeError("CUDA out of memory"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", [signal.SIGKILL], ids=["dies"])
 def test_a_failed_rank_stops_the_other_with_a_clear_error(fault, shared_data, tmp_path):

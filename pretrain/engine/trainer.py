@@ -37,8 +37,11 @@ class DistributedFaultError(UserError, RuntimeError):
 
 
 # What gloo and NCCL say when a peer is gone; torch raises most of them as plain RuntimeError.
+# ("Application timeout caused pair closure": gloo, when the peer of a pair hung past the
+# timeout while another collective of this rank was waiting on it; seen on two nodes.)
 _PEER_FAILURE_TEXT = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                      "Timed out", "timed out", "NCCL error", "Socket Timeout")
+                      "Timed out", "timed out", "NCCL error", "Socket Timeout",
+                      "caused pair closure")
 
 
 def is_peer_failure(error: BaseException) -> bool:
