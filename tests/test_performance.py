@@ -112,6 +112,39 @@ def test_benchmark_compares_ours_with_lightly_in_one_run(shared_data, tmp_path):
     assert record["ratio"] == pytest.approx(ours["samples_per_s"] / lightly["samples_per_s"])
 
 
+def test_benchmark_measures_archives_and_shards_against_the_folder_and_the_tar_index(
+        shared_data, tmp_path):
+    """The layouts mode at tiny settings: our views from the folder, its archive and its shards,
+    each as a ratio to the folder; the tar-index mode on a synthetic archive of 2,000 members:
+    build and reuse, each with its memory."""
+    layouts = tmp_path / "layouts.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/benchmark.py"), "layouts", "--config-file",
+         str(REPO / "configs/pretrain/simclr_r50_imagenet.yaml"), "--images", "2", "--repeats",
+         "1", "--output", str(layouts), "DATA.ROOT", str(shared_data / "imagenet-sample/train"),
+         "INPUT.SIZE", "32"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(layouts.read_text())["results"]
+    assert set(results) == {"folder", "archive (tar of per-class tars)", "WebDataset shards"}
+    assert all(r["samples_per_s_per_core"] > 0 for r in results.values())
+    assert results["folder"]["ratio_to_folder"] == 1.0
+    assert results["WebDataset shards"]["ratio_to_folder"] == pytest.approx(
+        results["WebDataset shards"]["samples_per_s_per_core"]
+        / results["folder"]["samples_per_s_per_core"])
+
+    index = tmp_path / "index.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools/benchmark.py"), "tar-index", "--files", "2000",
+         "--classes", "10", "--repeats", "1", "--tree", str(tmp_path / "tree"), "--output",
+         str(index)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(index.read_text())["results"]
+    for side in ("build", "reuse"):
+        assert results[side]["members"] == 2000 and results[side]["seconds"] > 0
+        # (peak RSS against the RSS read before: equal within a page accounting's MB)
+        assert -1 < results[side]["peak_rss_above_start_mb"] < 100
+
+
 def test_benchmark_measures_the_loader_alone_and_the_start_up(shared_data, tmp_path):
     """The loader mode at tiny settings: every path's per-core rate, ours against lightly's on
     the same images, the decode limit; the start-up mode on a tree of 3,000 links."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .loader import cpu_name
+from .loader import cpu_name, measure_paths
 
 LAYOUTS = ("folder", "archive (tar of per-class tars)", "WebDataset shards")
 
@@ -58,21 +58,12 @@ def measure_layouts(cfg, images: int, repeats: int) -> dict:
         datasets = {layout: SeededViews(open_images(root), views, cfg.SEED) for layout, root in
                     zip(LAYOUTS, (cfg.DATA.ROOT, archive, shards))}
         n = len(datasets["folder"])
-        rates = {layout: [] for layout in LAYOUTS}
-        for repeat in range(repeats):
-            for layout, dataset in datasets.items():
-                first = repeat * (images + 5)
-                for k in range(first, first + 5):
-                    dataset[(k % n, k // n)]
-                start = time.process_time()
-                for k in range(first + 5, first + 5 + images):
-                    dataset[(k % n, k // n)]
-                rates[layout].append(images / (time.process_time() - start))
-            print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr, flush=True)
-    folder = statistics.median(rates["folder"])
-    return {layout: {"samples_per_s_per_core": statistics.median(r),
-                     "ratio_to_folder": statistics.median(r) / folder, "runs": r}
-            for layout, r in rates.items()}
+        results = measure_paths({layout: (lambda k, d=dataset: d[(k % n, k // n)])
+                                 for layout, dataset in datasets.items()}, images, repeats)
+    folder = results["folder"]["samples_per_s_per_core"]
+    for result in results.values():
+        result["ratio_to_folder"] = result["samples_per_s_per_core"] / folder
+    return results
 
 
 def report_layouts(args, cfg, results) -> None:

@@ -50,9 +50,13 @@ def loader_paths(cfg) -> dict:
 
 
 def measure_loader(cfg, images: int, repeats: int) -> dict:
-    """Two-view samples per second of one core (process CPU time) on each path, the paths
-    alternating `repeats` times (median), after 5 untimed samples each."""
-    paths = loader_paths(cfg)
+    return measure_paths(loader_paths(cfg), images, repeats)
+
+
+def measure_paths(paths: dict, images: int, repeats: int) -> dict:
+    """Samples per second of one core (process CPU time) on each of `paths` ({name: fn(k) ->
+    the k-th sample}), the paths alternating `repeats` times (median), after 5 untimed samples
+    each."""
     rates = {name: [] for name in paths}
     for repeat in range(repeats):
         for name, sample in paths.items():
