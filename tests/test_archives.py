@@ -279,6 +279,8 @@ def test_the_preflight_counts_archives_and_shards_and_names_what_is_missing(fold
     assert len(os.listdir(index_dir)) == 2  # kept for the pretraining that reads them
     problem = _folder_problem("DATA.VAL_ROOT", str(tmp_path / "val-{000..009}.tar"), seen)
     assert problem.startswith("DATA.VAL_ROOT: the pattern ") and "matches no file" in problem
+    problem = _folder_problem("DATA.ROOT", str(tmp_path / "train.tar.gz"), seen)
+    assert problem.startswith("DATA.ROOT: ") and "is a compressed tar" in problem
 
 
 def test_ranks_share_one_reading_of_the_headers(folder, tmp_path):

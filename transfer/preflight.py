@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from pretrain.data.archives import is_tar_root, load_tar_index
+from pretrain.data.archives import is_tar_root, load_tar_index, refuse_compressed_tar
 from pretrain.data.build import file_index_dir
 from ssl2det.errors import DatasetError, UserError
 from ssl2det.io import check_weights_pickle
@@ -60,12 +60,13 @@ def _folder_problem(what: str, root: str, seen: dict, index_dir: str = ""):
         return None
     if not root:
         return f"{what}: no folder given"
-    if is_tar_root(root):
-        try:
+    try:
+        refuse_compressed_tar(root)
+        if is_tar_root(root):
             seen[root] = count_images(root, index_dir)
-        except DatasetError as e:
-            return f"{what}: {e}"
-        return None
+            return None
+    except DatasetError as e:
+        return f"{what}: {e}"
     if not os.path.isdir(root):
         return f"{what}: folder {root} does not exist (expected ROOT/<class>/<image>.jpg)"
     if not os.access(root, os.R_OK | os.X_OK):

@@ -47,6 +47,13 @@ def is_tar_root(root: str) -> bool:
     return "{" in root or root.endswith(".tar")
 
 
+def refuse_compressed_tar(root: str) -> None:
+    """A compressed tar has no offsets to read at: one line saying what to do instead."""
+    if root.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        raise DatasetError(f"{root} is a compressed tar, which cannot be read by offset; "
+                           "decompress it once (e.g. gunzip) and give the .tar")
+
+
 def image_tars_exist(root: str) -> bool:
     """`root` names tar files (is_tar_root) and every one of them is there."""
     return is_tar_root(root) and all(os.path.isfile(p) for p in _expanded(root))

@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from ssl2det.errors import DatasetError
 from ssl2det.images import BadImages, decode_rgb, printable_path
 
-from .archives import TarReader, is_tar_root, load_tar_index
+from .archives import TarReader, is_tar_root, load_tar_index, refuse_compressed_tar
 from .file_index import FileIndex, index_path
 from .views import EncodedImage
 
@@ -42,23 +42,25 @@ class ReadsImages:
         return self.classes == other.classes
 
     def _first_readable(self, index: int, read):
-        """(read(EncodedImage), label) of sample `index`, or of the next one after it that
+        """(read(name, bytes), label) of sample `index`, or of the next one after it that
         `read` can decode."""
         for offset in range(len(self)):
             k = (index + offset) % len(self)
+            name = self.name(k)
             try:
-                return read(EncodedImage(self.name(k), self.read_bytes(k))), self.label(k)
+                return read(name, self.read_bytes(k)), self.label(k)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
-                self.bad.unreadable(self.name(k), e)
+                self.bad.unreadable(name, e)
         raise DatasetError(f"no image in {self.root} can be decoded; see the warnings above")
 
     def read(self, index: int):
         """(RGB Pillow image, label) of sample `index`, or of the next readable one after it."""
-        return self._first_readable(index, lambda image: decode_rgb(io.BytesIO(image.data)))
+        return self._first_readable(index, lambda name, data: decode_rgb(io.BytesIO(data)))
 
     def read_views(self, index: int, views, rng):
         """(views(EncodedImage, rng), label) of sample `index`, or of the next readable one."""
-        return self._first_readable(index, lambda image: views(image, rng))
+        return self._first_readable(index, lambda name, data: views(EncodedImage(name, data),
+                                                                    rng))
 
     def __getitem__(self, index):
         image, label = self.read(index)
@@ -184,9 +186,7 @@ def open_images(root: str, transform=None, bad_images: str = "skip", report_dir:
                 index_dir: str = ""):
     """The image set at `root`: an image folder (ImageFiles), or a tar archive or WebDataset
     shards (TarImages)."""
-    if root.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        raise DatasetError(f"{root} is a compressed tar, which cannot be read by offset; "
-                           "decompress it once (e.g. gunzip) and give the .tar")
+    refuse_compressed_tar(root)
     kind = TarImages if is_tar_root(root) else ImageFiles
     return kind(root, transform, bad_images=bad_images, report_dir=report_dir,
                 index_dir=index_dir)
