@@ -199,8 +199,9 @@ _C.PROBE.PROTOCOL = "ours"
 #: outputs go, the kNN monitor): the pipeline leaves a finished run alone when only these change.
 #: Entries ending in "." are prefixes.
 RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT_WORKERS",
-                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "DATA.REBUILD_FILE_INDEX", "KNN.", "DIST.", "PROBE.",
-                "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CHECKPOINTS_TO_KEEP", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
+                "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "DATA.REBUILD_FILE_INDEX",
+                "KNN.", "DIST.", "PROBE.", "SOLVER.CHECKPOINT_PERIOD",
+                "SOLVER.CHECKPOINTS_TO_KEEP", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
                 "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE")
 #: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data
 #: is. A change of any other key (the model, the method, the objectives, the optimiser, the
