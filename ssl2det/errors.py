@@ -34,6 +34,10 @@ def user_message(error: BaseException) -> str:
 
 #: The exit code of a run stopped by Ctrl-C (the shells' 128 + SIGINT)
 INTERRUPTED = 130
+#: The exit code of a run stopped by a preemption signal after its checkpoint was written
+#: (sysexits' EX_TEMPFAIL: the same command with --resume continues). Not 1, so that a job's
+#: wrapper (transfer/executors/slurm.py) can tell a stop it will requeue from a failure.
+PREEMPTED = 75
 
 
 def one_line_errors(main):

@@ -11,13 +11,15 @@ import signal
 from detectron2.engine import HookBase
 
 from .distributed import any_rank
-from .errors import UserError
+from .errors import PREEMPTED, UserError
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StoppedBySignal(UserError):
     """The run was asked to stop and wrote a checkpoint to continue from."""
+
+    exit_code = PREEMPTED
 
 
 class CheckpointOnSignal(HookBase):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from helpers import one_line_error, run
+from ssl2det.errors import PREEMPTED
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
@@ -176,7 +177,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resume_continues_after_it(shared_da
               "training to run")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert proc.returncode == PREEMPTED and "Traceback" not in err, err[-3000:]
     line = next(x for x in err.splitlines() if x.startswith("error: stopped by SIGTERM"))
     iteration = int(line.split("after iteration ")[1].split(";")[0])
     saved = torch.load(out / f"model_{iteration:07d}.pth", weights_only=True)
@@ -223,7 +224,7 @@ def test_sigterm_in_stage_two_writes_a_checkpoint(tmp_path):
     _wait_for(lambda: _logged_a_step(out), "training to run", timeout_s=600)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert proc.returncode == PREEMPTED and "Traceback" not in err, err[-3000:]
     line = next(x for x in err.splitlines() if x.startswith("error: stopped by SIGTERM"))
     iteration = int(line.split("after iteration ")[1].split(";")[0])
     assert torch.load(out / f"model_{iteration:07d}.pth", weights_only=True)["iteration"] == iteration

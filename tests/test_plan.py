@@ -4,11 +4,15 @@ to a live run, replaced, refused, and what a run's state reads as. The end-to-en
 (test_pipeline.py locally, test_slurm.py on the cluster) run each path once for real."""
 
 import json
+import sys
 
 import pytest
 
+from ssl2det.errors import PREEMPTED
+
 from transfer.executors import Executor, Phase, RunState, SchedulerError
 from transfer.executors.dry_run import DryRunExecutor
+from transfer.executors.slurm import StageJob
 from transfer.plan import carry_out, make_plan, status_line
 from transfer.record import StageRecord
 from transfer.spec import PipelineError
@@ -201,6 +205,38 @@ def test_the_rank_that_failed_first_is_named_with_its_host_and_log(chain):
     state = FakeExecutor().states([b])[b.key]
     assert state.describe() == (f"FAILED (fake run 2): exit 1, rank 1 on node2, log {log}: "
                                 "timed out waiting for rank 0")
+
+
+def test_a_run_stopped_by_a_preemption_signal_reads_as_interrupted_not_failed(chain):
+    stages, hashes = chain
+    b = stages[1]
+    b.finish("x", run={"executor": "fake", "id": "2"})
+    b.output.unlink()
+    b.output.mkdir()  # outputs (a checkpoint), not complete
+    b.log_path.write_text("error: stopped by SIGUSR2 after iteration 3; ... --resume.\n")
+    b.record.update(exit=PREEMPTED)
+    state = FakeExecutor().states([b])[b.key]
+    assert state.phase is Phase.INTERRUPTED and "stopped by SIGUSR2" in state.detail
+
+
+@pytest.mark.parametrize("code", [PREEMPTED, 3])
+def test_a_slurm_task_of_rank_1_stopped_by_the_warning_leaves_the_requeue_to_rank_0(
+        code, tmp_path, monkeypatch):
+    """A preempted rank other than 0 must end its task quietly: a failure recorded, or a task
+    exiting non-zero (srun's --kill-on-bad-exit then ends rank 0's), would cost the requeue."""
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    record = StageRecord(tmp_path / "stage.json")
+    record.write(hash="h")
+    job = StageJob([sys.executable, "-c", f"raise SystemExit({code})"], tmp_path / "stage.log",
+                   record.path, "fake b")
+    if code == PREEMPTED:
+        assert job() == PREEMPTED and record.read() == {"hash": "h"}
+    else:
+        with pytest.raises(RuntimeError, match="failed .exit 3. in rank 1"):
+            job()
+        assert record.read()["exit"] == 3 and record.read()["failed"]["rank"] == 1
+        assert record.read()["failed"]["log"] == f"{tmp_path / 'stage.log'}.rank1"
 
 
 @pytest.mark.parametrize("damage", [b"\x00\xff\x13garbage", b'{"hash": "h', b'["a", "list"]'])

@@ -331,6 +331,8 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     wait_until(lambda: _last_iteration(folder) >= 2, "the pretraining's third step")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
+    wait_until(lambda: not _job_processes(job), "the stopped run's processes to go", 60)
+    assert "exit" not in _record(folder / "stage.json"), "the warning was recorded as a failure"
     # SLURM holds a requeued job for two minutes before it may start again; release it now
     subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
     assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, 5 already queued or running",

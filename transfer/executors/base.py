@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssl2det.errors import UserError
+from ssl2det.errors import PREEMPTED, UserError
 from ssl2det.process import log_tail
 
 from ..record import run_of
@@ -154,9 +154,10 @@ class Executor:
                 state = RunState(Phase.UNKNOWN, where, unknown[stage.key])
             elif run or "exit" in record:
                 detail = failure_detail(stage, record)
-                # a run that ended without saying how (killed, its node lost) but left outputs
-                # to resume from was interrupted; one that exited with an error failed
-                interrupted = "exit" not in record and stage.has_outputs()
+                # a run that ended without saying how (killed, its node lost) or was stopped by
+                # a preemption signal, and left outputs to resume from, was interrupted; one
+                # that exited with an error failed
+                interrupted = record.get("exit", PREEMPTED) == PREEMPTED and stage.has_outputs()
                 state = RunState(Phase.INTERRUPTED if interrupted else Phase.FAILED, known.where,
                                  f"{known.detail}, {detail}" if known.detail else detail)
             elif stage.has_outputs():

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ssl2det.distributed import node_name
-from ssl2det.errors import UserError
+from ssl2det.errors import PREEMPTED, UserError
 from ssl2det.process import start_logged
 
 from ..record import StageRecord
@@ -158,8 +158,10 @@ class StageJob:
     the stage's log by the command itself (rank 0; rank k to LOG.rankK). On submitit's warning
     signal (time limit near, or `scancel --signal=USR2`) the stage, signalled too, writes its
     checkpoint and stops; `checkpoint` waits for that, and submitit requeues the job, which
-    then resumes. A task that fails records its rank, host, log and exit code (the first to
-    fail: srun then ends the others); on success rank 0 adds the wall time to the record."""
+    then resumes; the other ranks' tasks, whose stages stopped with ssl2det's PREEMPTED code,
+    end without a failure and leave the requeue to rank 0. A task that fails records its rank,
+    host, log and exit code (the first to fail: srun then ends the others); on success rank 0
+    adds the wall time to the record."""
 
     def __init__(self, command, log, record, label):
         self.command, self.log, self.record = [str(c) for c in command], str(log), str(record)
@@ -181,6 +183,12 @@ class StageJob:
         self._proc = start_logged(self.command, log)
         code = self._proc.wait()
         record = StageRecord(self.record)
+        if code == PREEMPTED and rank:
+            # Stopped by the warning signal with its checkpoint written, as every rank is (they
+            # agree on the step): not a failure. Rank 0's task, signalled too, requeues the job;
+            # this task ends quietly so that srun's --kill-on-bad-exit does not end rank 0's
+            # before it has.
+            return code
         if code:
             if "exit" not in record.read():  # the first failure is the cause
                 record.update(exit=code, failed={"rank": rank, "ranks": ranks, "log": log,
