@@ -93,7 +93,8 @@ def test_detectron2_sdist_is_taken_from_the_local_folder(tmp_path):
 def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data, tmp_path):
     """The pack for this interpreter (the device's is 3.12; the commands are the same), its wheels
     installed with pip --no-index into a bare folder and imported from there, then run.sh at
-    tiny settings: set-up from the pack, data unpacked, every benchmark writes its JSON."""
+    tiny settings: set-up from the pack, data unpacked, every benchmark writes its JSON (the
+    pretraining and loader benchmarks' figures checked here: no other test runs them)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     out = subprocess.run([sys.executable, REPO / "tools/device/pack.py", "--out", tmp_path / "pack",
                           "--python-version", version, "--shared-data", shared_data],
@@ -130,10 +131,29 @@ def test_pack_installs_offline_and_the_device_script_runs_end_to_end(shared_data
         record = json.loads((tmp_path / "out" / f"{name}.json").read_text())
         assert all(side[key] > 0 for side in record["results"].values()), record
         assert record["ratio"] > 0
+    # the pretraining benchmark: ours against lightly in one run, every figure of each side
+    steps = json.loads((tmp_path / "out/r50_224.json").read_text())
+    assert "ratio ours / lightly (samples_per_s)" in log
+    for side in ("ours", "lightly"):
+        r = steps["results"][side]
+        assert r["samples_per_s"] > 0 and r["model_only_samples_per_s"] > 0
+        assert 0 <= r["data_wait_share"] <= 1 and r["peak_memory_mb"] > 100
+    assert steps["ratio"] == pytest.approx(steps["results"]["ours"]["samples_per_s"]
+                                           / steps["results"]["lightly"]["samples_per_s"])
     decoded = json.loads((tmp_path / "out/r50_224_decode.json").read_text())["results"]["ours"]
     assert decoded["samples_per_s"] > 0  # INPUT.DECODE_ON_DEVICE
+    # the loader alone: every path's per-core rate beside the decode limits, ours against
+    # lightly's transform on the same images
     loader = json.loads((tmp_path / "out/loader_224.json").read_text())
-    assert loader["ratio_loader_side_vs_lightly"] > 0
+    rates = {name: r["samples_per_s_per_core"] for name, r in loader["results"].items()}
+    assert set(rates) == {
+        "decode only: Pillow (ssl2det.images.decode_rgb)", "decode only: OpenCV (ours)",
+        "decode only: torchvision.io.decode_jpeg", "ours: loader-side recipe",
+        "ours: device-side, workers decode + crop + flip",
+        "ours: INPUT.DECODE_ON_DEVICE, workers read + draw crops", "lightly SimCLRTransform"}
+    assert all(rate > 0 for rate in rates.values()) and loader["files"] == 100
+    assert loader["ratio_loader_side_vs_lightly"] == pytest.approx(
+        rates["ours: loader-side recipe"] / rates["lightly SimCLRTransform"])
     assert "aten::" in log  # the profile's table
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a device call brings back
 

@@ -49,15 +49,27 @@ def _dependencies(out, job) -> set:
     return set(found.group(1).split(":")) if found else set()
 
 
-def _two_local_processes(overrides, out):
+def _start_two_local_processes(overrides, out) -> subprocess.Popen:
     """The pretraining of `overrides` as two gloo processes of our launcher (torchrun) on this
-    machine, one thread each (as torchrun sets it): its model_final.pth."""
-    local = subprocess.run([sys.executable, "-m", "pretrain.launch",
-                            str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus", "0",
-                            "--num-procs", "2", *overrides, "OUTPUT_DIR", str(out)],
-                           capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert local.returncode == 0, local.stderr[-3000:]
+    machine, one thread each (as torchrun sets it), started (its output in OUT.log);
+    _weights_of waits for it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "pretrain.launch",
+                                 str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus",
+                                 "0", "--num-procs", "2", *overrides, "OUTPUT_DIR", str(out)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _weights_of(local: subprocess.Popen, out):
+    """The model_final.pth of a run _start_two_local_processes started into `out`."""
+    local.wait(timeout=900)
+    assert local.returncode == 0, Path(f"{out}.log").read_text()[-3000:]
     return out / "model_final.pth"
+
+
+def _two_local_processes(overrides, out):
+    return _weights_of(_start_two_local_processes(overrides, out), out)
 
 
 def _assert_same_weights(weights, reference):
@@ -230,34 +242,21 @@ def _status(run_file) -> dict:
     return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
 
 
-def test_srun_across_two_nodes_equals_two_processes_on_one_machine(two_nodes,
-                                                                   torchrun_three_steps, tmp_path):
-    """`srun -N 2 --ntasks-per-node 1 python -m pretrain`, no variable set by hand: each rank
-    picks the interface that routes to the master (the host name resolves to loopback here, the
-    gloo trap), and the weights equal `pretrain.launch --num-procs 2` on one machine (one thread
-    a rank); scale.json says where each rank ran."""
-    overrides = THREE_STEPS
-    config = str(REPO / "configs/demo/simclr_r50_small.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def test_srun_across_two_nodes_picks_the_interface_that_routes_to_the_master(two_nodes,
+                                                                           tmp_path):
+    """`srun -N 2 --ntasks-per-node 1` of the process group's benchmark (docs/performance.md),
+    no variable set by hand: each rank picks the interface that routes to the master (the host
+    name resolves to loopback here, the gloo trap) and the all-reduce crosses the nodes. (The
+    pretraining across them, its weights and scale.json: the two-node study below.)"""
     srun = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
-                           sys.executable, "-m", "pretrain", "--config-file", config, *overrides,
-                           "OUTPUT_DIR", str(tmp_path / "srun")], capture_output=True,
-                          text=True, timeout=600, cwd=REPO, env=env)
+                           sys.executable, "-m", "transfer.benchmark", "allreduce", "--elements",
+                           "1000", "--iters", "2", "--output", str(tmp_path / "allreduce.json")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert srun.returncode == 0, srun.stderr[-3000:]
     for rank, node in ((0, "mn1"), (1, "mn2")):
         assert re.search(rf"\[distributed\] rank {rank} on {node}: master mn1:\d+ over eth0 "
                          rf"\(10\.88\.0\.1{rank + 1}\)", srun.stderr), srun.stderr[-3000:]
-    _assert_same_weights(tmp_path / "srun/model_final.pth", torchrun_three_steps)
-    scale = _record(tmp_path / "srun/scale.json")
-    assert scale["nodes"] == 2 and scale["ranks"] == [
-        {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
-        {"host": "mn2", "address": "10.88.0.12", "interface": "eth0"}]
-    # the benchmark of the process group across the nodes (docs/performance.md), tiny
-    bench = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
-                            sys.executable, "-m", "transfer.benchmark", "allreduce", "--elements",
-                            "1000", "--iters", "2", "--output", str(tmp_path / "allreduce.json")],
-                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-    assert bench.returncode == 0, bench.stderr[-3000:]
     measured = _record(tmp_path / "allreduce.json")
     assert measured["nodes"] == 2 and measured["world_size"] == 2 and measured["allreduce_s"] > 0
 
@@ -288,8 +287,9 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     and processes killed): the job stops running within 120 s (it fails, or SLURM requeues it
     for the node failure); with the node back, the run file submitted again runs to the report
     (the requeued job cancelled first). The pretrained weights equal an uninterrupted 2-process
-    run on one machine, and the 2-node fine-tuning equals its command run as 2 processes here;
-    submitted again, every stage is complete and skipped."""
+    run on one machine (run while SLURM notices the lost node) and scale.json names each rank's
+    node, address and interface; the 2-node fine-tuning equals its command run as 2 processes
+    here; submitted again, every stage is complete and skipped."""
     from transfer.pipeline import build_stages
     from transfer.spec import load_spec
 
@@ -345,6 +345,8 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     wait_until(lambda: _last_iteration(folder) >= 19, "the pretraining's progress")
     _lose_node("mn2")
     started = time.monotonic()
+    # the reference for the weights, run while SLURM notices the loss (this machine is idle)
+    reference = _start_two_local_processes(overrides, tmp_path / "local")
     wait_until(lambda: _squeue("--states=all", "-j", job, "-o", "%T").strip() not in (
         "RUNNING", "COMPLETING"), "the job to stop running after the node's loss", 120)
     lost = time.monotonic() - started
@@ -364,8 +366,10 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     print(f"hung rank: job ended {hung:.0f} s after SIGSTOP; dead rank: {dead:.0f} s after "
           f"SIGKILL; lost node: job {after.lower()} {lost:.0f} s after the loss")
 
-    _assert_same_weights(folder / "model_final.pth",
-                         _two_local_processes(overrides, tmp_path / "local"))
+    _assert_same_weights(folder / "model_final.pth", _weights_of(reference, tmp_path / "local"))
+    assert _record(folder / "scale.json")["ranks"] == [
+        {"host": "mn1", "address": "10.88.0.11", "interface": "eth0"},
+        {"host": "mn2", "address": "10.88.0.12", "interface": "eth0"}]
 
     finetune = tmp_path / "run/finetune/det/simclr"
     assert "[distributed] rank 1 on mn2" in (finetune / "finetune.log.rank1").read_text()
