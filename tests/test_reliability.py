@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import REPO
 from helpers import load_checkpoint, run
+from ssl2det.errors import PREEMPTED
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
@@ -256,10 +257,12 @@ def test_stage_two_loads_refuse_code_in_pkl_and_pth_files(tmp_path):
 # --- kills and damaged checkpoints: tools/train_net.py ---------------------------------------
 
 @pytest.mark.slow
-def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
-    """Stage two: a SIGKILL leaves only whole checkpoints; --resume skips the damaged newest one,
-    continues from the one before at the right iteration, and finishes. (Weights equal to an
-    uninterrupted run are not claimed here: detectron2 restarts its data stream on resume.)"""
+def test_train_net_killed_resumed_past_a_damaged_checkpoint_then_stopped_by_sigterm(tmp_path):
+    """Stage two: a SIGKILL leaves only whole checkpoints; --resume skips the damaged newest one
+    and continues from the one before at the right iteration; SIGTERM during that run finishes
+    the step, writes model_N.pth and stops in one line (exit 75); its resume runs to the end.
+    (Weights equal to an uninterrupted run are not claimed here: detectron2 restarts its data
+    stream on resume.)"""
     voc = str(REPO / "datasets/raccoon_small")
     out = tmp_path / "run"
     args = TRAIN_NET + [
@@ -268,9 +271,11 @@ def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
         "DATASETS.TRAIN", '("raccoon_small_train",)', "DATASETS.TEST", "()",
         "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
-        "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD",
-        "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.CHECKPOINT_PERIOD", "2",
+        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)]
+    resume = args[:2] + ["--resume"] + args[2:]
+    proc = subprocess.Popen(args + ["SOLVER.MAX_ITER", "1000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     _sigkill_when_written(proc, out / "model_0000003.pth")
     assert not (out / "model_final.pth").exists()
     for path in out.glob("*.pth"):
@@ -282,12 +287,29 @@ def test_train_net_killed_then_resumed_past_a_damaged_checkpoint(tmp_path):
     previous_iteration = max(int(p.stem.split("_")[1]) for p in out.glob("model_*.pth")
                              if p != newest)
 
-    resumed = run(args[:2] + ["--resume"] + args[2:])
-    log = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, log[-4000:]
+    resumed = subprocess.Popen(resume + ["SOLVER.MAX_ITER", "1000"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    # a checkpoint no earlier run wrote: the resumed run's signal handlers are in place
+    written = max(int(p.stem.split("_")[1]) for p in out.glob("model_*.pth"))
+    later = out / f"model_{written + 2:07d}.pth"
+    deadline = time.time() + 600
+    while not later.exists():
+        assert resumed.poll() is None and time.time() < deadline, f"no {later.name}"
+        time.sleep(0.05)
+    resumed.send_signal(signal.SIGTERM)
+    log, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == PREEMPTED and "Traceback" not in log, log[-4000:]
     assert f"{newest.name} cannot be loaded" in log and "Trying the previous checkpoint" in log
     assert f"Starting training from iteration {previous_iteration + 1}" in log
-    assert load_checkpoint(out / "model_final.pth")["iteration"] == 7
+    line = next(x for x in log.splitlines() if x.startswith("error: stopped by SIGTERM"))
+    iteration = int(line.split("after iteration ")[1].split(";")[0])
+    assert load_checkpoint(out / f"model_{iteration:07d}.pth")["iteration"] == iteration
+    assert "--resume" in line
+
+    finished = run(resume + ["SOLVER.MAX_ITER", str(iteration + 2)])
+    assert finished.returncode == 0, (finished.stdout + finished.stderr)[-4000:]
+    assert f"Starting training from iteration {iteration + 1}" in finished.stdout + finished.stderr
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == iteration + 1
 
 
 # --- bad images ------------------------------------------------------------------------------
