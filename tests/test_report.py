@@ -13,7 +13,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
 
 #: bbox AP50 of each (backbone, seed) of the made-up run
 AP50 = {("random", 0): 10.0, ("random", 1): 14.0, ("random", 2): 12.0,

@@ -2,7 +2,6 @@
 on the same parameters, the random parameters drawn from the same distributions, the decoding
 equal to Pillow's. Tolerances are in 8-bit levels of the output (0-255)."""
 
-import io
 import math
 import random
 
