@@ -16,7 +16,6 @@ from fvcore.common.config import CfgNode as CN
 from ssl2det.config import check_config_chain, get_key
 from ssl2det.errors import ConfigError
 
-from .data.archives import image_tars_exist
 from .methods.barlow import add_barlow_config
 from .methods.byol import add_byol_config
 from .methods.mocov2 import add_mocov2_config
@@ -354,6 +353,10 @@ def settle_knn_monitor(cfg: CN, given=()) -> CN:
     command line) must exist: a ConfigError before training otherwise. One that only a config
     file names (a base config's default) and that does not exist turns the monitor off with a
     warning, so that `DATA.ROOT my/train` alone starts a run."""
+    # here, not at the top: the pipeline's planner reads configs without the data package,
+    # which pulls in torchvision (about 2 s a process)
+    from .data.archives import image_tars_exist
+
     root = cfg.DATA.VAL_ROOT
     if not (cfg.KNN.ENABLED and root) or os.path.isdir(root) or image_tars_exist(root):
         return cfg

@@ -175,6 +175,20 @@ def test_the_set_up_can_import_the_process_runner_with_the_standard_library_only
                 assert name.split(".")[0] in sys.stdlib_module_names, (path, name)
 
 
+def test_the_planner_and_the_report_start_without_the_training_stack():
+    """`tools/pipeline.py --status`, the wrapper of every SLURM job and the report's process
+    import these modules and nothing that only training, converting or drawing needs: each of
+    those packages costs seconds a process (torchvision with torch._dynamo, detectron2's data
+    and engine, matplotlib)."""
+    import subprocess
+
+    heavy = ("torchvision", "detectron2.data", "detectron2.engine", "matplotlib")
+    code = ("import sys, transfer.pipeline, transfer.executors.slurm, transfer.report; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
 def test_every_plugin_contributes_its_keys_through_get_cfg():
     import pretrain.methods
     import pretrain.objectives

@@ -6,7 +6,6 @@ import os
 
 import torch
 from detectron2.config import get_cfg as detectron2_defaults
-from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -15,7 +14,6 @@ from ssl2det.config import (check_config_chain, describe_changes, get_key, resum
 from ssl2det.errors import ConfigError
 from ssl2det.output_dir import claim_output_dir
 
-from .data import check_datasets
 
 #: Config keys that name a normalisation layer.
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
@@ -112,6 +110,12 @@ def merge_config(config_file: str, opts=()):
 def setup(args):
     """Config from file + overrides, adapted to the machine, then detectron2's default_setup
     (output folder, logging, config.yaml, seed)."""
+    # imported here: detectron2.engine pulls in its data and evaluation packages (torchvision,
+    # about 2 s a process), which the pipeline's planner, reading configs, does not need
+    from detectron2.engine import default_setup
+
+    from .data import check_datasets
+
     cfg = merge_config(args.config_file, args.opts)
     reference, world = cfg.SOLVER.REFERENCE_WORLD_SIZE, comm.get_world_size()
     if reference and reference != world and cfg.SOLVER.IMS_PER_BATCH % reference:

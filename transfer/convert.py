@@ -18,7 +18,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-import torchvision
 
 from pretrain.checkpoint_format import (EMA_ENCODER_PREFIXES, FORMAT, ONLINE_ENCODER_PREFIX,
                                         saved_meta)
@@ -143,6 +142,8 @@ def convert_state_dict(state, ema=False, source="state dict", ours=False) -> Con
             continue
         backbone[inner] = value
     arch = infer_arch(backbone)
+    import torchvision  # here: the planner imports this module, and only converting needs it
+
     expected = {k: v.shape for k, v in getattr(torchvision.models, arch)().state_dict().items()
                 if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(backbone))

@@ -4,8 +4,6 @@
 import json
 import os
 
-from detectron2.data import DatasetCatalog
-from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
 from ssl2det.io import atomic_write
@@ -56,6 +54,11 @@ def save_final_metrics(cfg, results) -> str:
     """Write the evaluation results as JSON in OUTPUT_DIR, with how the run ran ("run": world
     size, batch after detectron2's rescaling, images per process, test images); returns the
     path."""
+    # imported here, in the evaluation's process: the report reads these files without
+    # detectron2's data and engine packages (torchvision: about 2 s a process)
+    from detectron2.data import DatasetCatalog
+    from detectron2.engine import DefaultTrainer
+
     world = comm.get_world_size()
     batch = DefaultTrainer.auto_scale_workers(cfg, world).SOLVER.IMS_PER_BATCH
     run = {"world_size": world, "ims_per_batch": batch, "images_per_process": batch / world,

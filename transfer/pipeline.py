@@ -45,11 +45,19 @@ from ssl2det.output_dir import claim_output_dir, refuse_if_busy
 
 from .executors import EXECUTORS, build_executor
 from .plan import carry_out, make_plan, status_line
-from .preflight import preflight
 from .spec import PipelineError, load_spec
 from .stages import build_stages, fingerprints, stale_stages
 
 __all__ = ["build_stages", "fingerprints", "load_spec", "main", "run_pipeline"]
+
+
+def preflight_line(spec, stages, executor) -> str:
+    """The pre-flight's summary line (it raises listing every problem). Imported here: it
+    resolves detectron2's data sets (detectron2.data, torchvision: about 2 s a process), which
+    --status and the report's own process do not need."""
+    from .preflight import preflight
+
+    return preflight(spec, stages, executor.problems(stages))
 
 
 def run_pipeline(spec, keep_stale=False, executor_name=None, wait=False, dry_run=False):
@@ -64,8 +72,7 @@ def run_pipeline(spec, keep_stale=False, executor_name=None, wait=False, dry_run
                               spec.layout.root, dry_run=dry_run)
     refuse_if_busy(str(spec.layout.root), key="output_dir")  # before minutes of pre-flight
     stages = build_stages(spec)
-    print(f"[pipeline] pre-flight: {preflight(spec, stages, executor.problems(stages))}",
-          flush=True)
+    print(f"[pipeline] pre-flight: {preflight_line(spec, stages, executor)}", flush=True)
     if not dry_run:
         # held until this process ends: a second pipeline here would move this one's live
         # outputs aside and resume from its checkpoints
@@ -152,7 +159,7 @@ def main(argv=None, description=__doc__):
         executor = build_executor(args.executor or spec.launch.executor, spec.launch,
                                   spec.layout.root)
         stages = build_stages(spec)
-        print(f"[pipeline] pre-flight: {preflight(spec, stages, executor.problems(stages))}")
+        print(f"[pipeline] pre-flight: {preflight_line(spec, stages, executor)}")
         return 0
     run_pipeline(spec, keep_stale=args.keep_stale, executor_name=args.executor, wait=args.wait,
                  dry_run=args.dry_run)

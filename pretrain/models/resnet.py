@@ -1,7 +1,6 @@
 """torchvision ResNet-18/50 as an encoder that can also return pooled intermediate stages."""
 
 import torch
-import torchvision
 from torch import nn
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -19,6 +18,10 @@ class ResNetEncoder(nn.Module):
     def __init__(self, arch: str = "resnet50", cifar_stem: bool = False, stem_stride: int = 1,
                  init: str = "torchvision"):
         super().__init__()
+        # imported here: the pipeline's planner imports the methods for their config keys and
+        # should not pay torchvision's import (about 2 s a process) to read a config
+        import torchvision
+
         net = getattr(torchvision.models, arch)(weights=None)
         if cifar_stem:  # 32-64 px images: keep the resolution the ImageNet stem would divide by 4
             # a 3x3 convolution, no max-pool; stride 1 (CIFAR) or 2 (InfoCL's STL-10 at 64 px)
