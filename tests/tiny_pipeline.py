@@ -41,9 +41,12 @@ QUICK_PRETRAIN = ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT", str(TIN
                   "KNN.TRAIN_ROOT", str(TINY / "train"), "SOLVER.MAX_ITER", "24",
                   "SOLVER.BATCH_SIZE", "8", "SOLVER.CHECKPOINT_PERIOD", "12", "LOG_PERIOD", "1",
                   "DATA.NUM_WORKERS", "0", "INPUT.SIZE", "32", "MODEL.CHANNELS_LAST", "False"]
+#: 128 px (the demo's 240): about 2 s less of each fine-tuning and evaluation stage here
 QUICK_TRANSFER = ["DATASETS.TRAIN", '("mini_train",)', "DATASETS.TEST", '("mini_test",)',
                   "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1",
-                  "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1"]
+                  "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.NUM_ITER", "1",
+                  "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "200",
+                  "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "200"]
 
 
 def with_overrides(base: list, *pairs) -> list:
