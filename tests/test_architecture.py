@@ -189,6 +189,7 @@ def test_the_planner_and_the_report_start_without_the_training_stack():
                             cwd=REPO, check=True)
     assert result.stdout.strip() == "[]", result.stdout
 
+
 def test_every_plugin_contributes_its_keys_through_get_cfg():
     import pretrain.methods
     import pretrain.objectives

@@ -25,9 +25,10 @@ def _subset(root, out, train, test):
 @pytest.mark.slow
 def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
     """The objective study (tools/objective_study.py) at tiny settings: two configs x two paired
-    seeds on half the shipped CIFAR-10 sample (250 training, 100 test images), the training set decoded once on the device, kNN
-    every epoch; the table's mean ± std and paired difference are those of the per-seed probe
-    results, and the timing model says how many epochs fit a budget."""
+    seeds on half the shipped CIFAR-10 sample (250 training, 100 test images), the training set
+    decoded once on the device, kNN every epoch; the table's mean ± std and paired difference
+    are those of the per-seed probe results, and the timing model says how many epochs fit a
+    budget."""
     import statistics
 
     from transfer.study import main as study_main
