@@ -16,16 +16,16 @@ TINY = ["MODEL.ARCH", "resnet18", "MODEL.CIFAR_STEM", "True", "INPUT.SIZE", "16"
         "MODEL.CHANNELS_LAST", "False"]
 
 
-def batch(n=8, size=16):
+def batch(n=8, size=16, dtype=torch.float32):
     g = torch.Generator().manual_seed(1)
-    return [torch.randn(n, 3, size, size, generator=g) for _ in range(2)]
+    return [torch.randn(n, 3, size, size, generator=g).to(dtype) for _ in range(2)]
 
 
-def one_step_grads(method_name, rank=0, world=1):
+def one_step_grads(method_name, rank=0, world=1, dtype=torch.float32):
     cfg = load_config("", TINY + ["METHOD.NAME", method_name])
     torch.manual_seed(0)
-    method = build_method(cfg)
-    views = batch()
+    method = build_method(cfg).to(dtype)
+    views = batch(dtype=dtype)
     model = method
     if world > 1:
         method = convert_sync_batchnorm(method, "cpu")
@@ -37,22 +37,22 @@ def one_step_grads(method_name, rank=0, world=1):
     return {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, world, init_file, method_name, out_file):
+def _worker(rank, world, init_file, method_name, out_file, dtype):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        grads = one_step_grads(method_name, rank, world)
+        grads = one_step_grads(method_name, rank, world, dtype)
         if rank == 0:
             torch.save(grads, out_file)
     finally:
         dist.destroy_process_group()
 
 
-def distributed_grads(method_name, world, tmp_dir):
+def distributed_grads(method_name, world, tmp_dir, dtype=torch.float32):
     torch.set_num_threads(1)
     out = os.path.join(tmp_dir, f"grads_{method_name}.pt")
     torch.multiprocessing.spawn(_worker, args=(world, os.path.join(tmp_dir, "init"),
-                                               method_name, out), nprocs=world)
+                                               method_name, out, dtype), nprocs=world)
     return torch.load(out, weights_only=True)
 
 
