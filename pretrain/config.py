@@ -107,7 +107,10 @@ _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
 # ghost batch norm). InfoCL's ImageNet: 256, its 4-GPU DataParallel's share of 1024; MoCo v2 and
 # InfoMin: 32, their 8 GPUs' share of 256. 0: SYNC_BN decides.
 _C.MODEL.BN_GROUP_IMAGES = 0
-_C.MODEL.CHANNELS_LAST = True  # NHWC: faster convolutions on CPUs and tensor-core GPUs
+# NHWC (True) or NCHW (False) activations and weights; None (ours): NHWC on GPUs, and on a CPU
+# whichever a training step of the encoder measures faster at the start of the run (which one
+# wins depends on the CPU and the image size: docs/performance.md); a resume keeps the choice
+_C.MODEL.CHANNELS_LAST = None
 _C.MODEL.COMPILE = False  # torch.compile the model
 
 # Objectives added to the method's loss, by name: "infocl_rc", "infocl_lbe", "superinfo",
@@ -163,8 +166,12 @@ _C.SOLVER.CHECKPOINTS_TO_KEEP = 3
 # run stops with the last good checkpoint kept; 0 stops at the first. Ours: 10.
 _C.SOLVER.MAX_NONFINITE_SKIPS = 10
 _C.SOLVER.AMP = CN()
+# Mixed precision where the device computes DTYPE natively (CUDA; CPUs with AVX512_BF16 or
+# AMX for bfloat16); elsewhere the step runs in float32 and the log says why (ssl2det/precision.py)
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"  # "bfloat16", or "float16" (with a gradient scaler)
+# True: autocast even where DTYPE is emulated (an AVX2 CPU: a bf16 step ~25x the float32 time)
+_C.SOLVER.AMP.FORCE = False
 
 _C.DIST = CN()
 # Seconds a process waits in a collective for the others. A rank that dies is noticed at once
@@ -201,7 +208,7 @@ RUNTIME_KEYS = ("OUTPUT_DIR", "LOG_PERIOD", "DATA.NUM_WORKERS", "DATA.PERSISTENT
                 "DATA.BAD_IMAGES", "DATA.FILE_INDEX", "DATA.INDEX_DIR", "DATA.REBUILD_FILE_INDEX",
                 "KNN.", "DIST.", "PROBE.", "SOLVER.CHECKPOINT_PERIOD",
                 "SOLVER.CHECKPOINTS_TO_KEEP", "SOLVER.MAX_NONFINITE_SKIPS", "SOLVER.FUSED",
-                "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE")
+                "MODEL.DEVICE", "MODEL.CHANNELS_LAST", "MODEL.COMPILE", "SOLVER.AMP.FORCE")
 #: What a resumed run (--resume) may change: the runtime keys, how long it runs, where its data
 #: is. A change of any other key (the model, the method, the objectives, the optimiser, the
 #: batch, the augmentation) refuses the resume.
@@ -304,6 +311,9 @@ def validate(cfg):
         if len(get_key(cfg, key)) not in (0, 2):
             raise ConfigError(f"{key} {get_key(cfg, key)} needs one probability per view, two, "
                               "or none")
+    if cfg.MODEL.CHANNELS_LAST not in (None, True, False):
+        raise ConfigError(f"MODEL.CHANNELS_LAST = {cfg.MODEL.CHANNELS_LAST!r} is not one of "
+                          "True, False, None (None: chosen by the device)")
     if cfg.INPUT.AUGMENT_ON_DEVICE not in (None, True, False):
         raise ConfigError(f"INPUT.AUGMENT_ON_DEVICE = {cfg.INPUT.AUGMENT_ON_DEVICE!r} is not "
                           "one of True, False, None (None: on with a CUDA device)")

@@ -56,8 +56,9 @@ class KNNMonitor(HookBase):
     DATA.ROOT; at most KNN.MAX_TRAIN_IMAGES, a fixed random subset) as the memory bank: every
     KNN.PERIOD_EPOCHS epochs and at the end. Logged as `knn_top1`."""
 
-    def __init__(self, cfg, encoder, device):
+    def __init__(self, cfg, encoder, device, channels_last: bool = False):
         self.cfg, self.encoder, self.device = cfg, encoder, device
+        self.channels_last = channels_last  # the run's memory format (ssl2det.precision)
         self.results = []
 
     def _should_run(self):
@@ -93,4 +94,4 @@ class KNNMonitor(HookBase):
     def _features(self, root, indices):
         loader = build_eval_loader(self.cfg, root, indices)
         return gather_features(*extract_features(self.encoder, loader, self.device,
-                                                 self.cfg.MODEL.CHANNELS_LAST))
+                                                 self.channels_last))

@@ -24,6 +24,7 @@ from ..data import augment_on_device, build_pretrain_loader
 from ..data.device_augment import DeviceAugment
 from ..methods import build_method
 from ..models.split_bn import split_batch_norm
+from .arithmetic import SCALE_FILE, choose_arithmetic, read_scale, record_arithmetic
 from .checkpoint import AtomicCheckpointer, RunState
 from .hooks import KNNMonitor, ProgressBar
 from .optim import build_optimizer, scaled_lr
@@ -50,19 +51,23 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     ranks = [None] * world  # where each rank runs: its host, address and interface
     if world > 1:
         torch.distributed.all_gather_object(ranks, this_rank_address())
+    previous = read_scale(cfg.OUTPUT_DIR) if resume else {}  # (say_scale rewrites it)
     if rank == 0:
         say_scale(cfg, world, ranks)
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
     method = build_method(cfg)
+    # before BN synchronisation: the memory-format measurement steps a copy of the encoder alone
+    arithmetic = choose_arithmetic(cfg, method.encoder, device, rank, world, previous)
     if world > 1:
         method = synchronise_batch_norm(cfg, method, world, device.type)
     splits = batch_norm_splits(cfg, world)
     if splits > 1:  # (objectives whose BN is global keep theirs)
         method = split_batch_norm(method, splits,
                                   skip=[o for o in method.objectives if o.global_batch_norm])
-    memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.contiguous_format
-    method.to(device, memory_format=memory_format)
+    channels_last = arithmetic["channels_last"]
+    method.to(device, memory_format=torch.channels_last if channels_last
+              else torch.contiguous_format)
     optimizer = build_optimizer(cfg, method)
     model = method
     if world > 1:
@@ -75,11 +80,12 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
 
     on_device = not cfg.DATA.DECODE_ONCE and augment_on_device(cfg, device)
     loader, sampler = build_pretrain_loader(cfg, rank, world, device, on_device)
-    fp16 = cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16"
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    precision = arithmetic["precision"]
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16)
     augment = DeviceAugment(cfg) if on_device or cfg.DATA.DECODE_ONCE else None
     trainer = PretrainTrainer(cfg, method, model, optimizer, loader, sampler, device, scaler,
-                              device_transform=augment)
+                              device_transform=augment, precision=precision,
+                              channels_last=channels_last)
 
     meta = run_meta(cfg)
     checkpointer = AtomicCheckpointer(method, cfg.OUTPUT_DIR, save_to_disk=rank == 0,
@@ -98,12 +104,13 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
     if rank == 0:  # after the resume's checks: a refused resume leaves the run's config alone
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
+        record_arithmetic(cfg.OUTPUT_DIR, arithmetic, trainer.start_iter, previous)
     writers = [JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
                TensorboardXWriter(cfg.OUTPUT_DIR)] if rank == 0 else []
     knn = cfg.KNN.ENABLED and bool(cfg.DATA.VAL_ROOT)
     trainer.register_hooks([
         hooks.IterationTimer(warmup_iter=0),
-        KNNMonitor(cfg, method.encoder, device) if knn else None,
+        KNNMonitor(cfg, method.encoder, device, channels_last) if knn else None,
         hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
         KeepLastCheckpoints(cfg.OUTPUT_DIR, cfg.SOLVER.CHECKPOINT_PERIOD,
                             cfg.SOLVER.CHECKPOINTS_TO_KEEP, rank == 0),
@@ -183,7 +190,7 @@ def say_scale(cfg, world: int, ranks=()) -> dict:
                 f"sees {scale['batch_norm_images']} images of a view per step"
                 + ("" if synced or world == 1 else " (no BN synchronisation)"))
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with open(os.path.join(cfg.OUTPUT_DIR, "scale.json"), "w") as f:
+    with open(os.path.join(cfg.OUTPUT_DIR, SCALE_FILE), "w") as f:
         json.dump(scale, f, indent=1)
     return scale
 

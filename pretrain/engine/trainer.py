@@ -21,6 +21,7 @@ from ssl2det.detectron2_internals import quiet_training_exceptions
 from ssl2det.distributed import get_world_size, reduce_mean
 from ssl2det.errors import UserError
 from ssl2det.io import load_checkpoint_file
+from ssl2det.precision import Precision
 
 from ..objectives import Progress
 from .optim import lr_at, scaled_lr
@@ -55,7 +56,8 @@ def _reported_in_one_line(error: BaseException) -> bool:
 
 class PretrainTrainer(TrainerBase):
     def __init__(self, cfg, method, model, optimizer, loader, sampler, device, scaler=None,
-                 device_transform=None):
+                 device_transform=None, precision: Precision = Precision(),
+                 channels_last: bool = False):
         super().__init__()
         self.device_transform = device_transform  # batched augmentation on the device, or None
         self.cfg, self.method, self.model, self.optimizer = cfg, method, model, optimizer
@@ -67,11 +69,9 @@ class PretrainTrainer(TrainerBase):
         epochs = cfg.SOLVER.EPOCHS or self.max_iter / self.iters_per_epoch
         # warm-up is a fraction of the schedule, so a MAX_ITER cap shortens both alike
         self.warmup_iters = round(min(1.0, cfg.SOLVER.WARMUP_EPOCHS / epochs) * self.max_iter)
-        amp = cfg.SOLVER.AMP
-        self.amp_dtype = torch.bfloat16 if amp.DTYPE == "bfloat16" else torch.float16
-        self.amp_enabled = amp.ENABLED
-        self.memory_format = (torch.channels_last if cfg.MODEL.CHANNELS_LAST
-                              else torch.contiguous_format)
+        # what the step runs in on this device (ssl2det.precision: not always SOLVER.AMP's wish)
+        self.precision = precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._batches = None
         self.skipped_steps = 0
         # A step with a non-finite loss must leave no trace, also in BN statistics and queues
@@ -131,7 +131,8 @@ class PretrainTrainer(TrainerBase):
 
         for backup, buffer in zip(self._buffer_backup, self._buffers):
             backup.copy_(buffer)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+        with torch.autocast(self.device.type, dtype=self.precision.autocast or torch.bfloat16,
+                            enabled=self.precision.autocast is not None):
             losses = self.model(views)["losses"]
         loss = sum(losses.values())
         self.storage.put_scalar("data_time", data_time)
