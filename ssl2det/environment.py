@@ -42,6 +42,38 @@ def devices():
     return found
 
 
+def cpu_model() -> str:
+    """The CPU's name as the OS reports it (Linux's /proc/cpuinfo; elsewhere platform's)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def arithmetic_rows():
+    """The CPU's instruction set as torch and oneDNN use it, and what SOLVER.AMP (bfloat16, the
+    configs' choice) becomes on each device seen."""
+    import torch
+
+    from .precision import choose_precision, cpu_isa
+
+    caps = [f"torch capability {torch.backends.cpu.get_cpu_capability()}"]
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        if os.environ.get(name):
+            caps.append(f"{name}={os.environ[name]}")
+    rows = [("cpu", f"{cpu_model()}, instruction set {cpu_isa()} ({', '.join(caps)})")]
+    devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if torch.cuda.is_available()
+                                       else [])
+    for device in devices:
+        precision = choose_precision(device, True, "bfloat16")
+        rows.append((f"AMP on {device.type}", f"{precision.name}: {precision.why}"))
+    return rows
+
+
 def git_commit(folder=None) -> str:
     """The commit of the checkout this code runs from, "+ local changes" when it has some, or
     "not a git checkout"."""
@@ -76,7 +108,7 @@ def collect_env():
     rows += [(name, _version(name)) for name in ("numpy", "Pillow", "fvcore", "iopath",
                                                   "pycocotools", "opencv-python-headless")]
     rows += [("devices", ", ".join(devices()))]
-    return rows
+    return rows + arithmetic_rows()
 
 
 def format_table(rows):

@@ -50,6 +50,9 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     assert "MoCo, He et al. 2020" in rows["supervised R50, VOC07+12 (published)"]
     assert "| det | simclr | supervised (torchvision layout) | bbox/AP50 |" in report
     assert "noise" in report
+    # what each stage computed in, read from its records (tests/test_precision.py: the choice)
+    what_ran = report.split("## What ran")[1]
+    assert what_ran.count("float32 (cpu ") + what_ran.count("bfloat16 autocast (cpu ") >= 1 + 4
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 + 4  # 3 curves + chart, 4 predictions
     # Interrupt the fine-tuning of seed 1 from simclr after its first iteration (what a kill

@@ -26,10 +26,11 @@ RUNTIME_KEYS = ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.CHECKPOINTS_TO
                 "DATALOADER.NUM_WORKERS",
                 "DATALOADER.BAD_IMAGES", "MODEL.DEVICE", "VIS_PERIOD", "CUDNN_BENCHMARK")
 #: What a resumed fine-tuning (--resume) may change: the runtime keys, its length, data,
-#: evaluation and initial weights (unused by a resume). Any other change (the model, classes,
-#: input sizes, the optimiser) refuses the resume.
+#: evaluation and initial weights (unused by a resume), and its precision (a GPU run resumed on
+#: a CPU loses float16 autocast: adapt_to_machine; the resume's warning names the change). Any
+#: other change (the model, classes, input sizes, the optimiser) refuses the resume.
 RESUMABLE_CHANGES = RUNTIME_KEYS + ("SOLVER.MAX_ITER", "SOLVER.STEPS", "DATASETS.", "TEST.",
-                                    "MODEL.WEIGHTS")
+                                    "MODEL.WEIGHTS", "SOLVER.AMP.ENABLED")
 
 
 def add_transfer_config(cfg):
@@ -66,7 +67,12 @@ def adapt_to_machine(cfg):
             if get_key(cfg, key) == "SyncBN":
                 set_key(cfg, key, "naiveSyncBN")
                 changes.append(f"{key} SyncBN -> naiveSyncBN (CPU)")
+        if cfg.SOLVER.AMP.ENABLED:  # (its AMPTrainer asserts a GPU: a traceback otherwise)
+            cfg.SOLVER.AMP.ENABLED = False
+            changes.append("SOLVER.AMP.ENABLED True -> False (detectron2's mixed precision is "
+                           "float16 on CUDA only; the CPU trains in float32)")
     return changes
+
 
 
 def check_resumed_config(cfg) -> None:

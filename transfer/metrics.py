@@ -50,6 +50,18 @@ def headline(results) -> dict:
     return {k: v for k, v in flatten_results(results).items() if k.split("/")[-1] in HEADLINE}
 
 
+def precision_of(cfg) -> dict:
+    """What a stage-two run computes in, for its records: detectron2's AMP is float16 autocast
+    on CUDA (native on every GPU it supports; on the CPU transfer.config turns it off), float32
+    otherwise."""
+    import torch
+
+    from ssl2det.precision import describe_device
+
+    return {"precision": "float16 autocast" if cfg.SOLVER.AMP.ENABLED else "float32",
+            "device": describe_device(torch.device(cfg.MODEL.DEVICE))}
+
+
 def save_final_metrics(cfg, results) -> str:
     """Write the evaluation results as JSON in OUTPUT_DIR, with how the run ran ("run": world
     size, batch after detectron2's rescaling, images per process, test images); returns the
@@ -62,7 +74,7 @@ def save_final_metrics(cfg, results) -> str:
     world = comm.get_world_size()
     batch = DefaultTrainer.auto_scale_workers(cfg, world).SOLVER.IMS_PER_BATCH
     run = {"world_size": world, "ims_per_batch": batch, "images_per_process": batch / world,
-           "reference_world_size": cfg.SOLVER.REFERENCE_WORLD_SIZE,
+           "reference_world_size": cfg.SOLVER.REFERENCE_WORLD_SIZE, **precision_of(cfg),
            "test_images": sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TEST)}
     path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS)
     text = json.dumps({**results, "run": run}, indent=1, default=float)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .loader import cpu_name, measure_paths
+from .loader import measure_paths
+from .machine import machine
 
 LAYOUTS = ("folder", "archive (tar of per-class tars)", "WebDataset shards")
 
@@ -146,7 +147,7 @@ def report_tar_index(args, results) -> None:
 
 def _save(args, record) -> None:
     if args.output:
-        record["cpu"] = cpu_name()
+        record.update(machine())
         with open(args.output, "w") as f:
             json.dump(record, f, indent=1)
         print(f"saved to {args.output}")

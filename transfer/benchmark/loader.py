@@ -10,6 +10,7 @@ import time
 import torch
 from tabulate import tabulate
 
+from .machine import machine
 from .steps import lightly_transform
 
 def loader_paths(cfg) -> dict:
@@ -94,18 +95,9 @@ def report_loader(args, cfg, results):
         record = {"task": "loader", "config_file": args.config_file, "overrides": args.opts,
                   "images": args.images, "repeats": args.repeats, "size": cfg.INPUT.SIZE,
                   "data_root": cfg.DATA.ROOT,
-                  "files": sum(len(f) for _, _, f in os.walk(cfg.DATA.ROOT)), "cpu": cpu_name(),
-                  "torch": torch.__version__, "opencv": cv2.__version__,
+                  "files": sum(len(f) for _, _, f in os.walk(cfg.DATA.ROOT)), **machine(),
+                  "opencv": cv2.__version__,
                   "pillow": PIL.__version__, "results": results, **summary}
         with open(args.output, "w") as f:
             json.dump(record, f, indent=1)
         print(f"saved to {args.output}")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
-

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from ssl2det.process import log_tail, run_logged
 
-from .loader import cpu_name
+from .machine import machine
 
 STARTUP_SIDES = ("no index", "index: first start (lists, writes)", "index: next start (reads)")
 
@@ -113,7 +113,7 @@ def report_startup(args, results):
     if args.output:
         record = {"task": "startup", "config_file": args.config_file, "overrides": args.opts,
                   "files": args.files, "classes": args.classes, "tree": args.tree,
-                  "repeats": args.repeats, "cpu": cpu_name(), "results": results}
+                  "repeats": args.repeats, **machine(), "results": results}
         with open(args.output, "w") as f:
             json.dump(record, f, indent=1)
         print(f"saved to {args.output}")

@@ -14,6 +14,8 @@ from tabulate import tabulate
 
 from ssl2det.process import log_tail, run_logged
 
+from .machine import describe_machine, machine
+
 PRETRAIN_SIDES = ("ours", "lightly")
 
 
@@ -138,6 +140,7 @@ def measure_lightly(cfg, warmup, iters, profile=None) -> dict:
 
     from pretrain.engine.optim import param_groups, scaled_lr
     from ssl2det.device import resolve_device
+    from ssl2det.precision import choose_precision
 
     if cfg.METHOD.NAME != "simclr" or cfg.OBJECTIVES:
         raise SystemExit("the lightly reference is SimCLR without objectives")
@@ -174,7 +177,8 @@ def measure_lightly(cfg, warmup, iters, profile=None) -> dict:
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
         extra = {"momentum": s.MOMENTUM} if s.OPTIMIZER == "sgd" else {}
         optimizer = cls[s.OPTIMIZER](groups, lr=scaled_lr(cfg), **extra)
-    amp_dtype = torch.bfloat16 if s.AMP.DTYPE == "bfloat16" else torch.float16
+    # the precision our side gets on this device (ssl2det.precision), so both compute alike
+    precision = choose_precision(device, s.AMP.ENABLED, s.AMP.DTYPE, s.AMP.FORCE)
     batches = iter(loader)
     synthetic = None
 
@@ -191,7 +195,8 @@ def measure_lightly(cfg, warmup, iters, profile=None) -> dict:
         else:
             x0, x1 = synthetic
         wait = time.perf_counter() - start
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=s.AMP.ENABLED):
+        with torch.autocast(device.type, dtype=precision.autocast or torch.bfloat16,
+                            enabled=precision.autocast is not None):
             loss = criterion(model(x0), model(x1))
         loss.backward()
         optimizer.step()
@@ -282,6 +287,7 @@ def report(args, results, sides):
     first = "samples_per_s" if args.task == "pretrain" else "iterations_per_s"
     keys = list(results[ours])
     rows = [[side] + [results[side][k] for k in keys] for side in sides]
+    print(describe_machine())
     print(tabulate(rows, headers=["side"] + keys, tablefmt="github", floatfmt=".4g"))
     ratio, extra = None, {}
     if reference:
@@ -295,9 +301,7 @@ def report(args, results, sides):
     if args.output:
         record = {"task": args.task, "config_file": args.config_file, "overrides": args.opts,
                   "warmup": args.warmup, "iters": args.iters, "repeats": args.repeats,
-                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "results": results, "ratio": ratio, **extra}
+                  **machine(), "results": results, "ratio": ratio, **extra}
         with open(args.output, "w") as f:
             json.dump(record, f, indent=1)
         print(f"saved to {args.output}")

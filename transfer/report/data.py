@@ -146,13 +146,31 @@ def probe_table(spec, stale=()):
 
 
 def what_ran_table(stages):
-    """(headers, rows): per stage, its wall time (from its record) and, for an evaluation, the
-    world size and batch its run used (after rescaling to the GPUs at hand)."""
+    """(headers, rows): per stage, its wall time (from its record), what it computed in (a
+    pretraining's scale.json, an evaluation's run; "a, then b from iteration N" where a resume
+    changed it) and, for an evaluation, the world size and batch its run used (after rescaling
+    to the GPUs at hand)."""
     rows = []
     for stage in stages:
         seconds = stage.record.read().get("seconds")
         run = read_final_metrics(stage.folder).get("run", {}) if stage.kind == "evaluate" else {}
         rows.append([stage.label, f"{seconds:.0f}" if isinstance(seconds, (int, float)) else "–",
-                     str(run.get("world_size", "")), str(run.get("ims_per_batch", "")),
-                     str(run.get("images_per_process", ""))])
-    return ["stage", "wall time (s)", "world size", "batch", "images per process"], rows
+                     _precision(stage, run), str(run.get("world_size", "")),
+                     str(run.get("ims_per_batch", "")), str(run.get("images_per_process", ""))])
+    return ["stage", "wall time (s)", "precision", "world size", "batch",
+            "images per process"], rows
+
+
+def _precision(stage, run: dict) -> str:
+    if stage.kind == "evaluate" and "precision" in run:
+        return f"{run['precision']} ({run.get('device', '?')})"
+    if stage.kind != "pretrain":
+        return ""
+    try:
+        history = json.loads((stage.folder / "scale.json").read_text()).get("arithmetic") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return ", then ".join(
+        f"{h.get('precision')} ({h.get('device')})"
+        + (f" from iteration {h['from_iteration']}" if h.get("from_iteration") else "")
+        for h in history if isinstance(h, dict))
