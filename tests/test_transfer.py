@@ -264,7 +264,9 @@ def test_fewer_processes_than_the_protocol_are_said_out_loud(tmp_path):
             effective.TEST.PRECISE_BN.NUM_ITER) == (2, 2, 2)
     run = json.loads((out / "final_metrics.json").read_text())["run"]
     assert run == {"world_size": 1, "ims_per_batch": 2, "images_per_process": 2.0,
-                   "reference_world_size": 2, "test_images": 4}  # the 4 ids of test.txt
+                   "reference_world_size": 2, "test_images": 4,  # the 4 ids of test.txt
+                   "precision": "float32", "device": run["device"]}
+    assert run["device"].startswith("cpu ")  # with the instruction set (ssl2det/precision.py)
     assert "batch norm sees 2 images per step instead of 4" in result.stdout + result.stderr
 
 
