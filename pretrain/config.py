@@ -107,9 +107,9 @@ _C.MODEL.SYNC_BN = True  # synchronise BN statistics across ranks under DDP
 # ghost batch norm). InfoCL's ImageNet: 256, its 4-GPU DataParallel's share of 1024; MoCo v2 and
 # InfoMin: 32, their 8 GPUs' share of 256. 0: SYNC_BN decides.
 _C.MODEL.BN_GROUP_IMAGES = 0
-# NHWC (True) or NCHW (False) activations and weights; None (ours): NHWC on GPUs, and on a CPU
-# whichever a training step of the encoder measures faster at the start of the run (which one
-# wins depends on the CPU and the image size: docs/performance.md); a resume keeps the choice
+# NHWC (True) or NCHW (False) activations and weights; None (ours): by the device's rule, NHWC on
+# GPUs, AVX-512 CPUs and under 16-bit autocast, on AVX2 CPUs where the first stage's feature
+# maps are 32 px or more (measured: docs/performance.md; ssl2det/precision.py)
 _C.MODEL.CHANNELS_LAST = None
 _C.MODEL.COMPILE = False  # torch.compile the model
 

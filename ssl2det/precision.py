@@ -119,52 +119,22 @@ def choose_precision(device: torch.device, enabled: bool, dtype: str, force: boo
                      + f"; {key}.FORCE True runs autocast anyway", where)
 
 
-def choose_channels_last(device: torch.device, wanted, encoder=None, precision=Precision(),
-                         shape=(), repeats: int = 3) -> tuple:
-    """(channels_last, why): `wanted` True/False as given; None chooses: NHWC on GPUs (tensor
-    cores); on a CPU the format in which `encoder` takes a training step (forward and backward
-    under `precision`, on inputs of `shape`) sooner, measured here, because which is faster
-    depends on the CPU and the size: NHWC won at 224 px on AVX2 and AVX-512, lost at 32-64 px
-    with a ResNet-50 stem on AVX2 (docs/performance.md). The encoder is copied: its weights,
-    statistics and the global random streams are left as they were."""
+def choose_channels_last(device: torch.device, wanted, precision: Precision = Precision(),
+                         first_stage_px: int = 0) -> tuple:
+    """(channels_last, why): `wanted` True/False as given; None chooses by a rule, the same on
+    every run of a config on one kind of machine (a format measured at start-up would differ
+    between runs on a loaded machine, and with it their rounding: two runs of one config must
+    give one result). NHWC on GPUs (tensor cores), on CPUs with AVX-512 and wherever 16-bit
+    autocast runs; on an AVX2 CPU in float32 only where the first stage's feature maps
+    (`first_stage_px`) are 32 px or more: measured, NHWC lost by 5-15% below (a ResNet-50 at
+    32-64 px) and won above (224 px: 9%); docs/performance.md."""
     if wanted is not None:
         return bool(wanted), f"MODEL.CHANNELS_LAST {bool(wanted)}"
+    where = describe_device(device)
     if device.type != "cpu":
-        return True, f"channels_last on {describe_device(device)}"
-    seconds = _step_seconds(encoder, precision, shape, repeats)
-    nhwc = seconds[True] < seconds[False]
-    return nhwc, (f"{'channels_last' if nhwc else 'contiguous (NCHW)'}: faster on "
-                  f"{describe_device(device)} ({precision.name}), measured NCHW "
-                  f"{seconds[False]:.3g} s, NHWC {seconds[True]:.3g} s per step of "
-                  f"{shape[0]} images at {shape[-1]} px")
-
-
-def _step_seconds(encoder, precision: Precision, shape, repeats: int) -> dict:
-    """{channels_last: the median seconds of a forward and backward pass of a copy of
-    `encoder` on a batch of `shape`}, the formats alternating after one untimed step each."""
-    import copy
-    import statistics
-    import time
-
-    model = copy.deepcopy(encoder).train()
-    images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    times = {False: [], True: []}
-
-    def step(nhwc: bool) -> float:
-        layout = torch.channels_last if nhwc else torch.contiguous_format
-        model.to(memory_format=layout)
-        x = images.contiguous(memory_format=layout)
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=precision.autocast or torch.bfloat16,
-                            enabled=precision.autocast is not None):
-            out = model(x)
-        out.float().sum().backward()
-        model.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
-
-    for nhwc in (False, True):
-        step(nhwc)
-    for _ in range(repeats):
-        for nhwc in (False, True):
-            times[nhwc].append(step(nhwc))
-    return {k: statistics.median(v) for k, v in times.items()}
+        return True, f"channels_last on {where}"
+    if cpu_isa() in ("AMX", "AVX512_BF16", "AVX512") or precision.autocast is not None:
+        return True, f"channels_last on {where} ({precision.name})"
+    large = first_stage_px >= 32
+    return large, (f"{'channels_last' if large else 'contiguous (NCHW)'} on {where} in "
+                   f"{precision.name}: first-stage feature maps of {first_stage_px} px")

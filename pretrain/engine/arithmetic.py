@@ -1,19 +1,16 @@
 """What a pretraining run's steps compute in on this machine, and its record.
 
 The precision (SOLVER.AMP, granted only where the device computes the 16-bit type) and the
-memory format (MODEL.CHANNELS_LAST, chosen by a measurement when unset) are chosen by
-ssl2det.precision; here the run takes them, says them in one line and keeps them in
-OUTPUT_DIR/scale.json under "arithmetic", one entry per stretch of iterations. A resume on the
-same kind of device keeps the recorded memory format (so that it continues bit for bit); one on
-another kind (an AMX CPU's run resumed on an AVX2 one) may change the precision: the log says
-so, and a second entry records from which iteration.
+memory format (MODEL.CHANNELS_LAST, by a rule when unset) are chosen by ssl2det.precision, the
+same way on every run on one kind of machine; here the run takes them, says them in one line
+and keeps them in OUTPUT_DIR/scale.json under "arithmetic", one entry per stretch of
+iterations. A resume on another kind of machine (an AMX CPU's run resumed on an AVX2 one) may
+change them: the log says so, and a second entry records from which iteration.
 """
 
 import json
 import logging
 import os
-
-import torch
 
 from ssl2det.io import atomic_write
 from ssl2det.precision import Precision, choose_channels_last, choose_precision
@@ -33,28 +30,13 @@ def read_scale(output_dir: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def choose_arithmetic(cfg, encoder, device, rank: int, world: int, previous: dict) -> dict:
-    """{"precision": Precision, "channels_last": bool, "why": str} for this run. `previous` is
-    the scale.json of the run being resumed ({} for a new run). The memory format is measured
-    on rank 0 and shared, so that every rank computes alike."""
+def choose_arithmetic(cfg, device) -> dict:
+    """{"precision": Precision, "channels_last": bool, "why": str} for this run."""
     amp = cfg.SOLVER.AMP
     precision = choose_precision(device, amp.ENABLED, amp.DTYPE, amp.FORCE)
-    last = (previous.get("arithmetic") or [{}])[-1]
-    wanted = cfg.MODEL.CHANNELS_LAST
-    if wanted is None and last.get("device") == precision.device and \
-            last.get("precision") == precision.name and "channels_last" in last:
-        choice = (bool(last["channels_last"]), "kept from the run being resumed")
-    elif rank == 0:
-        per_process = max(1, cfg.SOLVER.BATCH_SIZE // world)
-        shape = (min(per_process, 8), 3, cfg.INPUT.SIZE, cfg.INPUT.SIZE)
-        choice = choose_channels_last(device, wanted, encoder, precision, shape)
-    else:
-        choice = None
-    if world > 1:
-        shared = [choice]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        choice = shared[0]
-    channels_last, why = choice
+    stem_stride = cfg.MODEL.STEM_STRIDE if cfg.MODEL.CIFAR_STEM else 4
+    channels_last, why = choose_channels_last(device, cfg.MODEL.CHANNELS_LAST, precision,
+                                              cfg.INPUT.SIZE // stem_stride)
     fell_back = precision.autocast is None and amp.ENABLED
     if fell_back:
         logger.warning(precision.why)

@@ -57,8 +57,7 @@ def build_trainer(cfg, resume: bool = False) -> PretrainTrainer:
 
     torch.manual_seed(cfg.SEED)  # same initial weights on every rank (DDP checks)
     method = build_method(cfg)
-    # before BN synchronisation: the memory-format measurement steps a copy of the encoder alone
-    arithmetic = choose_arithmetic(cfg, method.encoder, device, rank, world, previous)
+    arithmetic = choose_arithmetic(cfg, device)
     if world > 1:
         method = synchronise_batch_norm(cfg, method, world, device.type)
     splits = batch_norm_splits(cfg, world)
