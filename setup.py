@@ -1,5 +1,6 @@
 """ssl2det: self-supervised ResNet pretraining (stage one, `pretrain`) and detectron2 transfer
-to detection and segmentation (stage two, `transfer`), over the plumbing both share (`ssl2det`).
+to detection and segmentation (stage two, `transfer`), over the plumbing both share (`ssl2det`);
+the pipeline that runs both as stages (`pipeline`) and their benchmarks (`benchmark`).
 
 Install with `make install`, which also provides detectron2 (it is not on PyPI under its own
 name; see tools/install/detectron2_fallback.py). A plain `pip install -e .` works in an
@@ -32,7 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ssl2det", "ssl2det.*", "pretrain", "pretrain.*", "transfer",
-                                    "transfer.*"]),
+                                    "transfer.*", "pipeline", "pipeline.*", "benchmark",
+                                    "benchmark.*"]),
     install_requires=requirements() + ["detectron2>=0.6"],
     extras_require={"test": ["pytest>=7", "lightly>=1.5"]},
     license="Apache-2.0",

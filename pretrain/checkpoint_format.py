@@ -10,9 +10,8 @@ FORMAT = "ssl2det-pretrain"
 VERSION = 1
 #: Where the online encoder (a torchvision ResNet without fc) sits in the model's state dict.
 ONLINE_ENCODER_PREFIX = "encoder."
-#: Where a method's momentum (EMA) copy of the encoder sits: BYOL's target network, MoCo's key
-#: encoder (pretrain/methods; tests/test_architecture.py checks the methods against these).
-EMA_ENCODER_PREFIXES = ("target.copies.0.", "key_encoder.copies.0.")
+#: Where a method's momentum (EMA) copy of the encoder sits, each method declares
+#: (pretrain.methods.ema_encoder_prefixes()).
 
 
 def run_meta(cfg) -> dict:

@@ -1,29 +1,22 @@
 """Stage-one configuration: defaults in code, YAML files with `_BASE_`, `KEY VALUE` overrides.
 
 The same conventions as detectron2 (fvcore's CfgNode), so one style serves both stages. The
-defaults are data (below); each plug-in (method, objective) contributes its own keys with an
-`add_*_config(cfg)`, called from one place, `get_cfg()`, as detectron2 projects do. Keys unknown
+defaults are data (below); each plug-in (method, objective) registers the function that adds its
+own keys, and `get_cfg()` calls them all, as detectron2 projects do. Keys unknown
 to the defaults are refused with the closest known names. Which METHOD.NAME and OBJECTIVES exist
 is checked where they are built (pretrain/methods/build.py).
 """
 
 import difflib
 import logging
-import os
 
 from fvcore.common.config import CfgNode as CN
 
 from ssl2det.config import check_config_chain, get_key
 from ssl2det.errors import ConfigError
 
-from .methods.barlow import add_barlow_config
-from .methods.byol import add_byol_config
-from .methods.mocov2 import add_mocov2_config
-from .methods.simclr import add_simclr_config
-from .objectives.infocl_lbe import add_infocl_lbe_config
-from .objectives.infocl_rc import add_infocl_rc_config
-from .objectives.mrcl import add_mrcl_config
-from .objectives.superinfo import add_superinfo_config
+from .methods import METHODS
+from .objectives import OBJECTIVES
 
 _C = CN()
 _C.SEED = 0
@@ -124,7 +117,7 @@ _C.METHOD.PROJECTOR.HIDDEN_DIM = 2048
 _C.METHOD.PROJECTOR.OUT_DIM = 128
 _C.METHOD.PROJECTOR.NUM_LAYERS = 2
 _C.METHOD.PROJECTOR.BN = True  # BN after each hidden linear layer
-# METHOD.<NAME> keys: each method's add_*_config (get_cfg below)
+# METHOD.<NAME> keys: each method's add_config, registered with it (get_cfg below)
 
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER = "lars"  # "lars", "sgd", "adam", "adamw"
@@ -221,17 +214,12 @@ PROBE_KEYS = ("SEED", "MODEL.ARCH", "MODEL.CIFAR_STEM", "MODEL.STEM_STRIDE", "MO
               "INPUT.SIZE", "INPUT.MEAN", "INPUT.STD", "INPUT.EVAL_SIZE", "INPUT.EVAL_MEAN",
               "INPUT.EVAL_STD", "KNN.K", "KNN.TEMPERATURE", "KNN.TRAIN_ROOT")
 
-#: The plug-ins' keys, added to the defaults by get_cfg().
-PLUGIN_CONFIGS = (add_simclr_config, add_mocov2_config, add_byol_config, add_barlow_config,
-                  add_infocl_rc_config, add_infocl_lbe_config, add_superinfo_config,
-                  add_mrcl_config)
-
-
 def get_cfg() -> CN:
-    """A copy of the defaults, with every method's and objective's keys."""
+    """A copy of the defaults, with the keys of every registered method and objective."""
     cfg = _C.clone()
-    for add_config in PLUGIN_CONFIGS:
-        add_config(cfg)
+    for plugin in (*METHODS.values(), *OBJECTIVES.values()):
+        if plugin.add_config:
+            plugin.add_config(cfg)
     return cfg
 
 
@@ -365,10 +353,10 @@ def settle_knn_monitor(cfg: CN, given=()) -> CN:
     warning, so that `DATA.ROOT my/train` alone starts a run."""
     # here, not at the top: the pipeline's planner reads configs without the data package,
     # which pulls in torchvision (about 2 s a process)
-    from .data.archives import image_tars_exist
+    from .data.layouts import layout_of
 
     root = cfg.DATA.VAL_ROOT
-    if not (cfg.KNN.ENABLED and root) or os.path.isdir(root) or image_tars_exist(root):
+    if not (cfg.KNN.ENABLED and root) or layout_of(root).exists(root):
         return cfg
     if "DATA.VAL_ROOT" in given:
         raise ConfigError(f"DATA.VAL_ROOT {root} is not a folder, an archive or shards; give "

@@ -11,7 +11,6 @@ import datetime
 import errno
 import fcntl
 import os
-import re
 import socket
 import struct
 import sys
@@ -22,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import ConfigError, UserError
+from .placement import node_name, placement
 
 _SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 
@@ -46,55 +46,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def ranks_from_environment():
-    """(rank, world_size, local_rank) as the launcher set them; (0, 1, 0) for a single process.
-
-    torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under SLURM
-    (`srun python -m pretrain ...`, one task per GPU) SLURM_PROCID / SLURM_NTASKS /
-    SLURM_LOCALID are used, with MASTER_ADDR / MASTER_PORT exported by the sbatch script.
-    """
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
-
-
-def expand_hostlist(hostlist: str) -> list:
-    """SLURM's compressed host list ("node[01-03,07],gpu5") as host names."""
-    hosts = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", hostlist):
-        if plain:
-            hosts.append(plain)
-            continue
-        for part in ranges.split(","):
-            first, _, last = part.partition("-")
-            for number in range(int(first), int(last or first) + 1):
-                hosts.append(f"{prefix}{number:0{len(first)}d}")
-    return hosts
-
-
-def slurm_master_address() -> tuple:
-    """(host, port) where the processes of this SLURM job meet: the first node of the job's
-    node list, and a port derived from the job id (jobs sharing a node do not collide)."""
-    env = os.environ
-    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if not nodes:
-        raise ConfigError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not: run the tasks "
-                          "with srun inside the job, or export MASTER_ADDR and MASTER_PORT")
-    job = int(re.sub(r"\D", "", env.get("SLURM_JOB_ID", "0")) or 0)
-    return expand_hostlist(nodes)[0], 20000 + job % 20000
-
-
-def slurm_machines() -> tuple:
-    """(machines, this machine's rank, dist URL) of a SLURM job that runs one task per node,
-    for a launcher that starts the processes of each machine itself (detectron2's `launch`)."""
-    host, port = slurm_master_address()
-    return (int(os.environ.get("SLURM_NNODES", "1")), int(os.environ.get("SLURM_NODEID", "0")),
-            f"tcp://{host}:{port}")
-
-
 def _interface_addresses() -> dict:
     """{IPv4 address: interface name} of this machine's (this network namespace's) interfaces."""
     found = {}
@@ -107,11 +58,6 @@ def _interface_addresses() -> dict:
                 continue
             found[socket.inet_ntoa(request.tobytes()[20:24])] = name
     return found
-
-
-def node_name() -> str:
-    """This machine as its scheduler names it (SLURM's node name), else its host name."""
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def route_to(host: str, port: int) -> tuple:
@@ -158,8 +104,15 @@ def choose_interface(host: str, port: int, rank: int, forced: str = "",
     reach: the rendezvous then hangs until its time-out. Returns {host, address, interface}."""
     interface, address = route_to(host, port)
     if forced:
+        addresses = _interface_addresses()
+        address = next((a for a, n in addresses.items() if n == forced), None)
+        if address is None:  # (gloo would fail on it with a traceback of a hundred lines)
+            have = ", ".join(f"{n} ({a})" for a, n in sorted(addresses.items())) or "none"
+            raise UnreachableMasterError(
+                f"rank {rank} on {node_name()}: the network interface {forced} (DIST.SOCKET_"
+                f"IFNAME / launch.socket_ifname) has no IPv4 address here; this node has: "
+                f"{have}")
         interface = forced
-        address = next((a for a, n in _interface_addresses().items() if n == forced), "?")
     for variable in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
         if not os.environ.get(variable):  # the user's own setting stands
             os.environ[variable] = interface
@@ -173,7 +126,8 @@ def choose_interface(host: str, port: int, rank: int, forced: str = "",
 
 
 def init_distributed(device_type: str, timeout_s: float = 600.0, socket_ifname: str = ""):
-    """Join the process group described by the environment; returns (rank, world, local_rank).
+    """Join the process group its launcher described (ssl2det.placement); returns (rank,
+    world, local_rank).
 
     `timeout_s` bounds every collective: a rank whose peer hangs raises after it instead of
     waiting forever (a peer that dies is noticed at once: its connections close). The network
@@ -181,17 +135,17 @@ def init_distributed(device_type: str, timeout_s: float = 600.0, socket_ifname: 
     rank runs is in `this_rank_address()`.
     """
     global _THIS_RANK
-    rank, world, local = ranks_from_environment()
-    if world > 1 and "SLURM_PROCID" in os.environ and "RANK" not in os.environ:
-        if "MASTER_ADDR" not in os.environ:  # the job's first node, as every task computes it
-            host, port = slurm_master_address()
-            os.environ["MASTER_ADDR"] = host
-            os.environ.setdefault("MASTER_PORT", str(port))
-        os.environ.setdefault("MASTER_PORT", "29500")
+    where = placement()
+    rank, world, local = where.rank, where.world_size, where.local_rank
     if world > 1 and not is_distributed():
-        _THIS_RANK = choose_interface(os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                                      int(os.environ.get("MASTER_PORT", "29500")), rank,
-                                      socket_ifname)
+        if not where.master_addr and where.launcher != "torchrun":
+            raise ConfigError(f"this process is rank {rank} of {world} ({where.launcher}) but "
+                              "nothing says where the ranks meet: run the tasks with srun inside "
+                              "the job, or export MASTER_ADDR and MASTER_PORT")
+        host, port = where.master_addr or "127.0.0.1", where.master_port or 29500
+        for name, value in (("MASTER_ADDR", host), ("MASTER_PORT", str(port))):
+            os.environ.setdefault(name, value)  # what init_process_group's env:// reads
+        _THIS_RANK = choose_interface(host, port, rank, socket_ifname)
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)

@@ -1,6 +1,6 @@
 """Preemption: on SIGTERM (a cluster reclaiming the machine, a launcher stopping its workers),
 SIGUSR1 (SLURM's `--signal` as users write it) or SIGUSR2 (the warning submitit asks SLURM for,
-transfer/executors.py), a training run finishes its step, writes a checkpoint and stops with a
+pipeline/executors/), a training run finishes its step, writes a checkpoint and stops with a
 line saying how to continue. Without it, up to CHECKPOINT_PERIOD iterations are lost. A second
 signal of the same kind ends the process at once. The handlers are installed before the data
 loader's workers start, so the workers (forked) inherit them and live through a signal sent to

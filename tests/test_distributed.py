@@ -24,3 +24,37 @@ def test_two_processes_give_the_single_process_gradients(method, tmp_path):
         error = (double[name] - single[name]).norm()
         assert error <= 1e-10 * single[name].norm() + 1e-12 * largest, \
             f"{name}: gradient error {error:.2e}, norm {single[name].norm():.2e}"
+
+
+def test_the_placement_reader_reads_torchrun_slurm_and_nothing():
+    from ssl2det.placement import SLURM_PORT_BASE, placement
+
+    torchrun = placement({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                          "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1", "MASTER_ADDR": "10.0.0.1",
+                          "MASTER_PORT": "29400"})
+    assert (torchrun.rank, torchrun.world_size, torchrun.local_rank, torchrun.node_rank,
+            torchrun.nodes, torchrun.dist_url, torchrun.launcher) == (
+        3, 4, 1, 1, 2, "tcp://10.0.0.1:29400", "torchrun")
+    slurm = placement({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0",
+                       "SLURM_NODEID": "1", "SLURM_NNODES": "2", "SLURM_JOB_ID": "20123",
+                       "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURMD_NODENAME": "gpu08"})
+    assert (slurm.rank, slurm.world_size, slurm.node_rank, slurm.nodes, slurm.node) == (
+        2, 4, 1, 2, "gpu08")
+    assert (slurm.master_addr, slurm.master_port) == ("gpu07", SLURM_PORT_BASE + 123)
+    # torchrun inside a SLURM job: torchrun's variables say where the process stands
+    assert placement({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "RANK": "1",
+                      "WORLD_SIZE": "2"}).launcher == "torchrun"
+    alone = placement({})
+    assert (alone.rank, alone.world_size, alone.launcher) == (0, 1, "none")
+
+
+def test_a_forced_interface_without_an_address_is_one_line_before_any_group_forms():
+    """DIST.SOCKET_IFNAME nosuch0 printed gloo's traceback of 127 lines per rank, although the
+    address lookup had already found nothing."""
+    from ssl2det.distributed import UnreachableMasterError, choose_interface
+
+    with pytest.raises(UnreachableMasterError, match=r"the network interface nosuch0 \(DIST"
+                                                     r"\.SOCKET_IFNAME / launch\.socket_ifname\)"
+                                                     r" has no IPv4 address here; this node has: "
+                                                     r".*lo \(127\.0\.0\.1\)"):
+        choose_interface("127.0.0.1", 29500, 0, forced="nosuch0")

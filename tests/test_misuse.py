@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from helpers import one_line_error, run
+from helpers import one_line_error, run, wait_until
 from ssl2det.errors import PREEMPTED
 
 PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
@@ -30,13 +29,6 @@ VOC_CPU = ["--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "INPUT.MIN_SIZE_TRAIN", "(128,)",
            "INPUT.MAX_SIZE_TRAIN", "160", "TEST.PRECISE_BN.ENABLED", "False",
            "DATALOADER.NUM_WORKERS", "0"]
-
-
-def _wait_for(condition, what, timeout_s=300):
-    deadline = time.time() + timeout_s
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _logged_a_step(run_folder) -> bool:
@@ -78,7 +70,7 @@ def test_config_files_are_read_as_plain_data_in_both_stages_and_the_pipeline(tmp
     from pretrain.config import load_config
     from ssl2det.errors import ConfigError
     from transfer.config import merge_config
-    from transfer.pipeline import load_spec
+    from pipeline.cli import load_spec
 
     marker, (child, direct) = _code_carrying_configs(tmp_path)
     for read, path in ((load_config, child), (load_config, direct), (merge_config, child),
@@ -155,11 +147,11 @@ def test_a_child_of_the_runner_dies_with_its_parent(tmp_path):
                                "import sys\nfrom ssl2det.process import run_logged\n"
                                f"run_logged([sys.executable, '-c', {child!r}], {str(tmp_path / 'log')!r})"],
                               cwd=REPO)
-    _wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the child to start")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the child to start")
     child_pid = int(pid_file.read_text())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    _wait_for(lambda: not _alive(child_pid), "the orphan to end", timeout_s=120)
+    wait_until(lambda: not _alive(child_pid), "the orphan to end", timeout_s=120)
 
 
 # --- preemption ------------------------------------------------------------------------------
@@ -173,7 +165,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resume_continues_after_it(shared_da
     proc = subprocess.Popen(PRETRAIN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     metrics = out / "metrics.json"
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
               "training to run")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
@@ -204,12 +196,12 @@ def test_a_torchrun_worker_whose_agent_is_killed_checkpoints_and_ends(shared_dat
                                "TORCHELASTIC_RUN_ID='test'))\n"
                                f"open({str(pid_file)!r}, 'w').write(str(p.pid))\ntime.sleep(600)"])
     metrics = out / "metrics.json"
-    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
               "training to run")
     worker_pid = int(pid_file.read_text())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    _wait_for(lambda: not _alive(worker_pid), "the orphaned worker to end", timeout_s=300)
+    wait_until(lambda: not _alive(worker_pid), "the orphaned worker to end", timeout_s=300)
     assert list(out.glob("model_*.pth")), "it wrote a checkpoint before it ended"
 
 
@@ -422,7 +414,7 @@ def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(sha
         "DATA.ROOT", str(shared_data / "cifar10-small/test"), "SOLVER.MAX_ITER", "100000",
         "OUTPUT_DIR", str(tmp_path / "sigint")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=_as_from_a_terminal)
-    _wait_for(lambda: _logged_a_step(tmp_path / "sigint"), "the first logged step")
+    wait_until(lambda: _logged_a_step(tmp_path / "sigint"), "the first logged step")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
@@ -438,12 +430,12 @@ def test_ctrl_c_is_one_line_and_a_killed_pipeline_stage_keeps_its_last_lines(sha
                                            "SOLVER.MAX_ITER", "100000"]}]}))
     pipeline = subprocess.Popen([sys.executable, str(REPO / "tools/pipeline.py"), str(run_file)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _logged_a_step(out / "pretrain/a"), "the stage's first step")
+    wait_until(lambda: _logged_a_step(out / "pretrain/a"), "the stage's first step")
     pipeline.send_signal(signal.SIGKILL)
     pipeline.wait()
     log = out / "pretrain/a/pretrain.log"
-    _wait_for(lambda: "stopped by SIGTERM" in log.read_text(), "the stage's last line in its log")
-    _wait_for(lambda: (out / "pretrain/a/last_checkpoint").is_file(), "its checkpoint")
+    wait_until(lambda: "stopped by SIGTERM" in log.read_text(), "the stage's last line in its log")
+    wait_until(lambda: (out / "pretrain/a/last_checkpoint").is_file(), "its checkpoint")
 
 
 def test_launcher_arguments(capsys, monkeypatch):

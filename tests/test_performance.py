@@ -97,7 +97,7 @@ def test_pretraining_with_augmentation_on_the_device_runs(key, loader_gives, sha
 def test_the_benchmarks_peer_is_lightlys_transform_with_the_configs_values(config, views):
     """SimCLR's symmetric views against lightly's SimCLRTransform, BYOL's asymmetric blur and
     solarisation against its BYOLTransform, with the config's crop, jitter and grey values."""
-    from transfer.benchmark.steps import lightly_transform
+    from benchmark.steps import lightly_transform
 
     cfg = load_config(str(REPO / f"configs/pretrain/{config}.yaml"), [])
     transform, name = lightly_transform(cfg)

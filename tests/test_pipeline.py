@@ -24,8 +24,8 @@ def test_shortened_pipeline_end_to_end_seeds_external_weights_skip_and_resume(ti
     stale. (The random backbone runs in the demo and the other pipeline tests.)"""
     import statistics
 
-    from transfer.spec import load_spec
-    from transfer.stages import build_stages
+    from pipeline.spec import load_spec
+    from pipeline.stages import build_stages
 
     out, run_file, first = tiny_local_run
     spec = yaml.safe_load(run_file.read_text())
@@ -141,7 +141,7 @@ def test_a_stage_is_stale_exactly_when_what_it_is_made_from_changed(tmp_path):
     """The pipeline's records: a pretraining override that changes the results reaches every
     stage built on that run, and only those; one that changes only how it runs (workers,
     checkpoint period) reaches none."""
-    from transfer.pipeline import build_stages, fingerprints, load_spec
+    from pipeline.cli import build_stages, fingerprints, load_spec
 
     def hashes(overrides):
         spec = {"output_dir": str(tmp_path / "run"),

@@ -10,13 +10,13 @@ import pytest
 
 from ssl2det.errors import PREEMPTED
 
-from transfer.executors import Executor, Phase, RunState, SchedulerError
-from transfer.executors.dry_run import DryRunExecutor
-from transfer.executors.slurm import StageJob
-from transfer.plan import carry_out, make_plan, status_line
-from transfer.record import StageRecord
-from transfer.spec import PipelineError
-from transfer.stages import SINGLE
+from pipeline.executors import Executor, Phase, RunState, SchedulerError
+from pipeline.executors.dry_run import DryRunExecutor
+from pipeline.executors.slurm import StageJob
+from pipeline.plan import carry_out, make_plan, status_line
+from pipeline.record import StageRecord
+from pipeline.spec import PipelineError
+from pipeline.stages import SINGLE
 
 
 class FakeStage:
@@ -46,6 +46,9 @@ class FakeStage:
     def effective_config(self):
         return ""
 
+    def checkpoints_gone(self):
+        return self.folder.joinpath("last_checkpoint").is_file() and not self.output.exists()
+
     def finish(self, fingerprint, run=None):
         self.folder.mkdir(parents=True, exist_ok=True)
         self.output.write_text("made")
@@ -55,10 +58,10 @@ class FakeStage:
 class FakeExecutor(Executor):
     """Runs nothing: `start` records the call; `live` says which runs are queued/running."""
 
-    name, detached = "fake", True
+    name = "fake"
 
     def __init__(self, launch=None, root=None, live=None, fail_query=False):
-        self.launch, self.root = launch, root
+        super().__init__(launch, root)
         self.live, self.fail_query, self.started, self.cancelled = live or {}, fail_query, [], []
 
     def live_runs(self, stages):
@@ -156,7 +159,7 @@ def test_an_executor_that_cannot_wait_for_a_live_run_refuses_to_run_beside_it(ch
     stages, hashes = chain
     stages[0].record.write(hash=hashes[stages[0].key], run={"executor": "fake", "id": "7"})
     executor = FakeExecutor(live={"7": Phase.RUNNING})
-    executor.detached = False
+    executor.can_follow = lambda state: False  # (local: another process's run)
     with pytest.raises(PipelineError, match="two runs of one stage would write one folder"):
         _plan(stages, hashes, executor)
 
@@ -188,7 +191,7 @@ def test_a_scheduler_that_does_not_answer_stops_everything_and_reads_as_unknown(
     states = executor.states(stages)
     assert states[a.key].phase is Phase.COMPLETE  # its outputs say so, whatever the scheduler
     assert states[b.key].describe() == ("unknown (fake run 2: cannot ask fake for the state of "
-                                        "runs: timed out)")
+                                        f"runs: timed out (its record: {b.record.path}))")
     with pytest.raises(PipelineError, match="nothing was started or submitted"):
         _plan(stages, hashes, executor)
     assert executor.started == [] and b.record.run["id"] == "2"  # the job id is kept
@@ -269,8 +272,8 @@ def test_the_seeds_of_a_backbone_depend_on_its_conversion_not_on_each_other(tmp_
     """The tiny run's stage graph: both fine-tuning seeds of a backbone start once its weights
     are converted, side by side (as jobs, they run at once); each evaluation reads its own."""
     from tiny_pipeline import tiny_spec, write_run_file
-    from transfer.spec import load_spec
-    from transfer.stages import build_stages
+    from pipeline.spec import load_spec
+    from pipeline.stages import build_stages
 
     spec = tiny_spec(tmp_path, tmp_path / "run")
     stages = {s.key: s for s in build_stages(load_spec(str(write_run_file(
@@ -282,3 +285,130 @@ def test_the_seeds_of_a_backbone_depend_on_its_conversion_not_on_each_other(tmp_
         assert ("finetune", "det", run) in stages[("evaluate", "det", run)].requires
     report = next(s for s in stages.values() if s.kind == "report")
     assert set(report.requires) == set(stages) - {report.key}
+
+
+class CommandStage(FakeStage):
+    """A fake stage whose command is a real process: it makes its output, or exits with
+    `code`."""
+
+    def __init__(self, root, name, requires=(), code=0):
+        super().__init__(root, name, requires)
+        self.code = code
+
+    def command(self, processes=1):
+        make = f"import pathlib, sys; pathlib.Path({str(self.output)!r}).write_text('made')"
+        return [sys.executable, "-c", make if self.code == 0 else f"import sys; sys.exit({self.code})"]
+
+
+def test_the_local_executor_returns_from_start_and_runs_the_queue_when_followed(tmp_path):
+    """As a scheduler: start records and queues, nothing runs; follow runs each in turn, a
+    stage after a failed one is not run (afterok), an independent one still is; the states
+    say so, one way for all."""
+    from pipeline.executors import LocalExecutor
+    from pipeline.run_file import Launch
+
+    a = CommandStage(tmp_path, "a", code=3)
+    b = CommandStage(tmp_path, "b", requires=[a.key])
+    c = CommandStage(tmp_path, "c")
+    executor = LocalExecutor(Launch(), tmp_path, echo=lambda line: None)
+    run_a = executor.start(a, [], "h")
+    executor.start(b, [run_a], "h")
+    executor.start(c, [], "h")
+    states = executor.states([a, b, c])
+    assert [states[s.key].phase for s in (a, b, c)] == [Phase.QUEUED] * 3
+    assert not any(s.output.exists() or s.log_path.exists() for s in (a, b, c))
+    states = executor.follow([a, b, c])
+    assert states[a.key].phase is Phase.FAILED and "exit 3" in states[a.key].detail
+    assert states[b.key].phase is Phase.FAILED and not b.log_path.exists()
+    assert states[b.key].detail == "not run: a stage it reads did not complete"
+    assert states[c.key].phase is Phase.COMPLETE and c.record.read()["seconds"] >= 0
+
+
+def test_follow_backs_off_while_nothing_changes(tmp_path, monkeypatch):
+    """2 s, then half as long again after each look that saw no change, up to 60 s; a change
+    brings it back to 2 s."""
+    import pipeline.executors.base as base
+
+    waits, phases = [], iter([Phase.RUNNING] * 12 + [Phase.QUEUED] + [Phase.RUNNING] * 2
+                             + [Phase.COMPLETE])
+    stage = FakeStage(tmp_path, "a")
+
+    class Polled(FakeExecutor):
+        def states(self, stages):
+            return {stage.key: RunState(next(phases), "job 1")}
+
+    monkeypatch.setattr(base.time, "sleep", waits.append)
+    Polled().follow([stage])
+    assert waits[:3] == [2.0, 3.0, 4.5] and max(waits) == 60.0
+    assert waits[12:] == [2.0, 2.0, 3.0]  # the changes to queued and back to running, then none
+
+
+def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_cancelled(
+        tmp_path, monkeypatch):
+    """squeue and scancel stood in for by scripts: STOPPED is a live job (it holds its nodes); a
+    state a newer SLURM adds is unknown and stops the plan; a recorded id that is now another
+    user's job is not this stage's run, and cancelling it is refused; a job that failed before
+    its task wrote anything is a failure naming SLURM's own log, not an interruption."""
+    import getpass
+    import os
+
+    from pipeline.executors.slurm import SlurmExecutor
+    from pipeline.run_file import Launch
+
+    me = getpass.getuser()
+    rows = {"11": f"STOPPED|ssl2det-fake|{me}", "12": f"FUTURE_STATE|ssl2det-fake|{me}",
+            "13": "RUNNING|someones-notebook|alice", "14": f"FAILED|ssl2det-fake|{me}"}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\n" + "".join(
+        f"echo '{job}|{row}'\n" for job, row in rows.items()))
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'cancelled'}\n")
+    for tool in ("squeue", "scancel"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    stages = [FakeStage(tmp_path, name) for name in "abcd"]
+    for stage, job in zip(stages, rows):
+        stage.record.write(hash="h", run={"executor": "slurm", "id": job})
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        stage.output.write_text("partial")  # outputs to resume from
+        stage.output.unlink()
+    executor = SlurmExecutor(Launch(), tmp_path)
+    states = executor.states(stages)
+    assert [states[s.key].phase for s in stages] == [Phase.RUNNING, Phase.UNKNOWN, Phase.FAILED,
+                                                     Phase.FAILED]
+    assert "SLURM says FUTURE_STATE" in states[stages[1].key].detail
+    assert "'someones-notebook' of alice, not this stage's" in states[stages[2].key].detail
+    assert f"slurm/14/14_0_log.err" in states[stages[3].key].detail
+    with pytest.raises(PipelineError, match="SLURM says FUTURE_STATE"):
+        make_plan(stages[1:2], {stages[1].key: "h"}, {stages[1].key: states[stages[1].key]},
+                  executor)
+    executor.cancel(["11", "13"])
+    assert (tmp_path / "cancelled").read_text().split() == ["11"]
+
+
+def test_a_finished_stage_whose_checkpoints_were_deleted_runs_again_from_the_start(chain,
+                                                                                  capsys):
+    """Deleting a finished run's weights to reclaim disk is common: its resume found nothing and
+    advised a new run, which the pipeline cannot start, so every run stopped there. Now it says
+    what is gone and runs the stage again, its other outputs moved aside first."""
+    stages, hashes = chain
+    a = stages[0]
+    a.finish(hashes[a.key])
+    (a.folder / "last_checkpoint").write_text("done")
+    (a.folder / "log.txt").write_text("the old run")
+    a.output.unlink()  # (its model_final.pth, here)
+    a.has_outputs = lambda: True
+    executor = FakeExecutor()
+    plan = make_plan(stages, hashes, executor.states(stages), executor)
+    assert [(s.key[1], moved) for _, s, moved in plan.steps][0] == ("a", True)
+    assert "its checkpoints are gone" in capsys.readouterr().out
+
+
+def test_a_record_naming_an_executor_this_version_lacks_is_unknown_naming_the_record(chain):
+    """(It stopped --status and every run with a traceback-free line that did not say which
+    file held the name.)"""
+    stages, hashes = chain
+    stages[0].record.write(hash=hashes[stages[0].key], run={"executor": "kube", "id": "7"})
+    state = FakeExecutor().states(stages)[stages[0].key]
+    assert state.phase is Phase.UNKNOWN and "executor named 'kube'" in state.detail
+    assert str(stages[0].record.path) in state.detail

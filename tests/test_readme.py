@@ -74,10 +74,10 @@ def test_the_stage_by_stage_commands_run_as_written(shared_data, tmp_path):
 def test_the_paper_scale_run_file_reads_and_every_stage_config_merges():
     """The README's real-scale pipeline needs ImageNet, VOC and COCO: here its run file is read
     and every stage's effective config is built, as the pipeline does before it starts."""
-    from transfer.pipeline import build_stages, fingerprints, load_spec
+    from pipeline.cli import build_stages, fingerprints, load_spec
 
-    from transfer.preflight import preflight
-    from transfer.spec import PipelineError
+    from pipeline.preflight import preflight
+    from pipeline.spec import PipelineError
 
     command = next(c for c in readme_commands() if "pipeline.py" in c)
     spec = load_spec(str(REPO / command.split()[-1]))

@@ -531,3 +531,42 @@ def test_infocls_imagenet_batch_norm_sees_256_images_on_any_number_of_processes(
     assert [batch_norm_splits(cfg, world) for world in (1, 2, 4, 8)] == [4, 2, 1, 1]
     # 4 gloo processes in groups of 2: each rank's BN output is BN over its pair's images
     assert batch_norm_groups_on_ranks(4, 2, str(tmp_path))
+
+
+def test_split_batch_norm_is_batch_norm_over_each_part_with_the_first_parts_statistics():
+    """Against torch's own BatchNorm2d applied to each 32-image part separately (what each of 8
+    GPUs computes): the outputs, the gradients, and the running statistics (the first part's)."""
+    from torch import nn
+
+    from pretrain.models.split_bn import SplitBatchNorm, split_batch_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 6, 5, 5, requires_grad=True)
+    model = split_batch_norm(nn.Sequential(nn.BatchNorm2d(6)), groups=4)
+    assert isinstance(model[0], SplitBatchNorm)
+    reference = nn.BatchNorm2d(6)
+    out = model(x)
+    expected = torch.cat([nn.BatchNorm2d(6)(part) for part in x.chunk(4)])
+    assert torch.allclose(out, expected, atol=1e-5)
+    reference(x[:32])
+    assert torch.allclose(model[0].running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(model[0].running_var, reference.running_var, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    parts = [p.detach().requires_grad_() for p in x.chunk(4)]
+    ref_grads = torch.autograd.grad(sum(nn.BatchNorm2d(6)(p).square().sum() for p in parts), parts)
+    assert torch.allclose(grad, torch.cat(ref_grads), atol=1e-4)
+    # the jigsaw branch's 9 patches an image: parts of the same images' worth
+    assert model(torch.randn(128 * 9, 6, 2, 2)).shape[0] == 128 * 9
+
+
+
+def test_moco_and_infomin_normalise_over_32_images_on_any_layout():
+    from pretrain.config import load_config
+    from pretrain.engine.run import batch_norm_ranks, batch_norm_splits
+
+    for name in ("mocov2_r50_imagenet.yaml", "infomin_mocov2_r50_imagenet.yaml"):
+        cfg = load_config(f"configs/pretrain/{name}")
+        assert cfg.MODEL.BN_GROUP_IMAGES == 32 and cfg.SOLVER.BATCH_SIZE == 256
+        assert [batch_norm_splits(cfg, w) for w in (1, 2, 8)] == [8, 4, 1]
+        assert [batch_norm_ranks(cfg, w) for w in (1, 2, 8)] == [1, 1, 1]
+

@@ -23,8 +23,8 @@ AP50 = {("random", 0): 10.0, ("random", 1): 14.0, ("random", 2): 12.0,
 def _finished_run(tmp_path):
     """A run file with two backbones from files plus random, three seeds, one reference, and the
     evaluations' final_metrics.json and fine-tuning metrics of every seed."""
-    from transfer.pipeline import build_stages, load_spec
-    from transfer.spec import replicate_name
+    from pipeline.cli import build_stages, load_spec
+    from pipeline.spec import replicate_name
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
@@ -58,7 +58,7 @@ def _finished_run(tmp_path):
 
 def test_report_aggregates_the_seeds_and_keeps_published_numbers_apart(tmp_path):
     """(A label with $...$ that mathtext cannot parse is drawn as written.)"""
-    from transfer.report import write_report
+    from pipeline.report import write_report
 
     spec, stages = _finished_run(tmp_path)
     report = write_report(spec, stages=stages[:-1])
@@ -90,7 +90,7 @@ def test_report_aggregates_the_seeds_and_keeps_published_numbers_apart(tmp_path)
                     reason="no chromium here: `sudo apt-get install chromium` (Debian) runs "
                            "this test; CI installs it in .ci/run")
 def test_the_html_report_renders_in_a_headless_browser(tmp_path):
-    from transfer.report import write_report
+    from pipeline.report import write_report
 
     spec, stages = _finished_run(tmp_path)
     html = write_report(spec, stages=stages[:-1]

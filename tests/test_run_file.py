@@ -4,6 +4,7 @@ architecture, VOC image lists, metric names, the output folder), two pipelines o
 Each case is a red-team finding turned into a test: the message names the key path or file,
 the exit code is 2, nothing is written or started."""
 
+import json
 import os
 import pickle
 import signal
@@ -17,6 +18,7 @@ import torchvision
 import yaml
 
 from conftest import REPO
+from tiny_pipeline import mini_voc
 
 DATA = REPO / "datasets" / "raccoon_small"
 PIPELINE = [sys.executable, str(REPO / "tools/pipeline.py")]
@@ -34,8 +36,8 @@ def _write(tmp_path, spec, name="run.yaml"):
 
 
 def _problems(path) -> str:
-    from transfer.run_file import RunFileError
-    from transfer.spec import load_spec
+    from pipeline.run_file import RunFileError
+    from pipeline.spec import load_spec
 
     with pytest.raises(RunFileError) as caught:
         load_spec(str(path))
@@ -134,9 +136,9 @@ def test_a_bad_run_file_is_one_list_and_exit_2_from_the_command_line(tmp_path):
 def test_every_shipped_run_file_fits_the_schema_and_its_preflight_names_only_missing_data():
     """No false alarm: the demo's pre-flight passes; the paper-scale files, on a machine without
     their data, report only what lies under /data (folders, weights files)."""
-    from transfer.pipeline import build_stages
-    from transfer.preflight import PreflightError, preflight
-    from transfer.spec import load_spec
+    from pipeline.cli import build_stages
+    from pipeline.preflight import PreflightError, preflight
+    from pipeline.spec import load_spec
 
     files = sorted((REPO / "configs/pipeline").glob("*.yaml"))
     assert len(files) >= 3
@@ -226,7 +228,7 @@ def test_the_preflight_opens_what_it_names(tmp_path):
 
 def test_an_output_dir_that_is_a_file_or_read_only_is_named_before_anything(tmp_path,
                                                                           read_only_dir):
-    from transfer.preflight import output_dir_problem
+    from pipeline.preflight import output_dir_problem
 
     (tmp_path / "file").write_text("x")
     assert "is a file, not a folder" in output_dir_problem(tmp_path / "file")
@@ -270,3 +272,241 @@ def test_a_second_pipeline_on_a_folder_in_use_stops_at_once_leaving_the_first_al
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+
+
+def test_each_executor_checks_its_own_block_and_old_launch_keys_name_their_new_place(tmp_path):
+    """launch.NAME is the settings model the executor NAME registered; the executor's name is
+    checked against the registry; keys that an executor's block holds now get one line each."""
+    problems = _problems(_write(tmp_path, {"launch": {
+        "executor": "kubernetes", "num_gpus": 8, "partition": "gpu",
+        "slurm": {"partiton": "gpu"}, "local": {"num_gpus": -1}}}))
+    assert "launch.executor: not an executor here (known: local, slurm)" in problems
+    assert ("launch.num_gpus: each executor's settings are in its own block now: write launch: "
+            "{local: {num_gpus: ...}} (launch.local.num_gpus)") in problems
+    assert "launch.partition: each executor's settings are in its own block now" in problems
+    assert "launch.slurm.partiton: unknown key; did you mean 'partition'?" in problems
+    assert "launch.local.num_gpus: Input should be greater than or equal to 0" in problems
+    assert problems.count("\n  - ") == 5
+
+
+def test_a_new_executor_registers_its_settings_without_touching_the_schema(tmp_path):
+    from pydantic import StrictStr
+
+    from pipeline.executors import EXECUTORS, Executor
+    from pipeline.run_file import EXECUTOR_SETTINGS, Entry
+    from pipeline.spec import load_spec
+
+    class KubeSettings(Entry):
+        namespace: StrictStr = "default"
+
+    class KubeExecutor(Executor):
+        name, settings_model = "kube", KubeSettings
+
+    try:
+        spec = load_spec(str(_write(tmp_path, {"launch": {"executor": "kube",
+                                                          "kube": {"namespace": "ml"}}})))
+        assert KubeExecutor(spec.launch, tmp_path).settings.namespace == "ml"
+        assert spec.launch.settings("slurm").partition == ""  # defaults where the file has none
+    finally:
+        EXECUTORS.pop("kube"), EXECUTOR_SETTINGS.pop("kube")
+
+
+# --- the schema's refusals and the deep pre-flight, in-process ----------------------------------
+
+def _problems_of(tmp_path, spec, text=None) -> str:
+    """The run file's problems as load_spec raises them (`text`: the file as written)."""
+    from pipeline.run_file import RunFileError
+    from pipeline.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(spec))
+    with pytest.raises(RunFileError) as caught:
+        load_spec(str(path))
+    return str(caught.value)
+
+
+def test_overrides_of_keys_the_pipeline_sets_and_keys_given_twice_are_refused(tmp_path):
+    spec = {"output_dir": str(tmp_path / "out"),
+            "pretrain": [{"name": "a", "config": DEMO_PRETRAIN,
+                          "overrides": ["SOLVER.MAX_ITER", 2, "SOLVER.MAX_ITER", 20000]},
+                         {"name": "b", "config": DEMO_PRETRAIN, "overrides": ["OUTPUT_DIR", "x"]}],
+            "transfer": [{"name": "t", "config": DEMO_TASK,
+                          "overrides": ["SEED", 3, "MODEL.WEIGHTS", "w.pkl"]}]}
+    problems = _problems_of(tmp_path, spec)
+    assert "SOLVER.MAX_ITER given twice in one overrides list" in problems
+    assert "OUTPUT_DIR is set by the pipeline (output_dir and the entry's name)" in problems
+    assert "SEED is set by the pipeline (repeats:" in problems
+
+
+def test_sbatch_options_cannot_override_the_launch_block_or_break_the_script(tmp_path):
+    spec = {"output_dir": str(tmp_path / "out"), "launch": {"executor": "slurm", "slurm": {
+        "sbatch": {"partition": "gpu", "time": "1:00:00", "mem": "10G",
+                   "comment": "a\n#SBATCH --qos=high", "constraint": "a100",
+                   "exclusive": True}}}}
+    problems = _problems_of(tmp_path, spec)
+    assert "partition is set by the launch block: use launch.slurm.partition" in problems
+    assert "time is set by the launch block: use launch.KIND.time" in problems
+    assert "mem is set by the launch block: use launch.KIND.mem_gb" in problems
+    assert "comment: 'a\\n#SBATCH --qos=high' would break the job script" in problems
+    assert "constraint" not in problems and "exclusive" not in problems
+    # one line per user key, never pydantic's union tags as if they were keys
+    spec["launch"]["slurm"]["sbatch"] = {"nodelist": [1, 2]}
+    problems = _problems_of(tmp_path, spec)
+    assert ("launch.slurm.sbatch.nodelist: should be a string or an integer or true/false, got "
+            "[1, 2]"
+            in problems) and ".str" not in problems and ".bool" not in problems
+
+
+def test_a_key_given_twice_in_the_run_file_is_refused_with_both_lines(tmp_path):
+    from ssl2det.errors import ConfigError
+    from pipeline.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'a'}\npretrain: []\noutput_dir: {tmp_path / 'b'}\n")
+    with pytest.raises(ConfigError, match="the key 'output_dir' is given twice, on lines 1 and 3"):
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize("value, minutes", [
+    ("30", 30), ("30:15", 31), ("2:00:00", 120), ("1-02", 26 * 60), ("1-02:00", 26 * 60),
+    ("1-02:03", 26 * 60 + 3), ("1-02:03:04", 26 * 60 + 4)])
+def test_time_limits_read_as_slurm_reads_them(value, minutes):
+    from pipeline.run_file import walltime_minutes
+
+    assert walltime_minutes(value) == minutes
+
+
+def _preflight_problems(tmp_path, spec) -> str:
+    from pipeline.cli import build_stages
+    from pipeline.preflight import PreflightError, preflight
+    from pipeline.spec import load_spec
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), **spec}))
+    loaded = load_spec(str(path))
+    with pytest.raises(PreflightError) as caught:
+        preflight(loaded, build_stages(loaded))
+    return str(caught.value)
+
+
+def test_the_preflight_reads_configs_and_annotations_as_the_stages_will(tmp_path):
+    """Budgets no stage can run, classes the annotations do not have, a split naming a missing
+    annotation, a COCO file cut short: each named in the one list, before any stage starts."""
+    voc = mini_voc(tmp_path / "voc")
+    broken = tmp_path / "broken_voc"
+    (broken / "ImageSets/Main").mkdir(parents=True)
+    (broken / "Annotations").mkdir()
+    (broken / "JPEGImages").symlink_to(DATA / "JPEGImages")
+    (broken / "ImageSets/Main/train.txt").write_text("no_such_id\n")
+    coco = tmp_path / "cut.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": []})[:-7])
+    spec = {"datasets": {"register_voc": [["mini_train", str(voc), "train"],
+                                          ["broken_train", str(broken), "train"]],
+                         "register_coco": [["cut_coco", str(coco), str(DATA / "JPEGImages")]],
+                         "voc_classes": "dog"},
+            "pretrain": [{"name": "a", "config": DEMO_PRETRAIN,
+                          "overrides": ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT",
+                                        str(DATA / "unlabeled"), "KNN.PERIOD_EPOCHS", 0]},
+                         {"name": "b", "config": DEMO_PRETRAIN,
+                          "overrides": ["DATA.ROOT", str(DATA / "unlabeled"), "SOLVER.MAX_ITER",
+                                        -5]}],
+            "transfer": [{"name": "t", "config": DEMO_TASK, "backbones": ["random"],
+                          "overrides": ["DATASETS.TRAIN", '("mini_train",)']},
+                         {"name": "v", "config": DEMO_TASK, "backbones": ["random"],
+                          "overrides": ["SOLVER.MAX_ITER", 0]},
+                         {"name": "u", "config": DEMO_TASK, "backbones": ["random"],
+                          "overrides": ["DATASETS.TRAIN", '("broken_train",)',
+                                        "DATASETS.TEST", '("cut_coco",)']}]}
+    problems = _preflight_problems(tmp_path, spec)
+    assert "KNN.PERIOD_EPOCHS must be 1 or more" in problems
+    assert "SOLVER.MAX_ITER must be positive, or 0 to run SOLVER.EPOCHS; got -5" in problems
+    assert "SOLVER.MAX_ITER must be 1 or more, got 0" in problems
+    assert "data set mini_train: its annotations name classes that are not among its classes " \
+           "(dog): 'raccoon'" in problems
+    assert f"names no_such_id, but {broken / 'Annotations/no_such_id.xml'} does not exist" in problems
+    assert f"data set cut_coco: {coco} is not a whole JSON object (cut short" in problems
+
+
+def test_weights_with_nan_are_refused_by_the_preflight_and_the_converter(tmp_path):
+    from transfer.convert import ConversionError, convert_checkpoint
+
+    state = torchvision.models.resnet50().state_dict()
+    state["layer3.1.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(ConversionError, match="layer3.1.conv2.weight holds 1 NaN or infinite"):
+        convert_checkpoint(str(tmp_path / "nan.pth"))
+    (tmp_path / "folder.pth").mkdir()
+    spec = {"backbones": [{"name": "nan", "weights": str(tmp_path / "nan.pth")},
+                          {"name": "folder", "weights": str(tmp_path / "folder.pth")}],
+            "transfer": [{"name": "t", "config": DEMO_TASK, "backbones": ["nan", "folder"],
+                          "overrides": ["DATASETS.TRAIN", '("coco_2017_val",)']}]}
+    problems = _preflight_problems(tmp_path, spec)
+    assert "layer3.1.conv2.weight holds 1 NaN or infinite value(s)" in problems
+    assert f"weights file {tmp_path / 'folder.pth'} is a folder" in problems
+
+
+def test_the_disk_estimate_counts_only_the_checkpoints_kept(tmp_path):
+    from pipeline.checks import CHECKPOINT_BYTES_PER_PARAMETER, PARAMETERS, Checks
+    from pipeline.cli import build_stages, load_spec
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"),
+        "pretrain": [{"name": "a", "config": DEMO_PRETRAIN, "overrides": [
+            "SOLVER.MAX_ITER", 1000, "SOLVER.CHECKPOINT_PERIOD", 10]}]}))
+    stage = build_stages(load_spec(str(tmp_path / "run.yaml")))[0]
+    checks = Checks(spec=None)
+    checks.images[stage.config.DATA.ROOT] = 10_000
+    one = PARAMETERS["resnet50"] * CHECKPOINT_BYTES_PER_PARAMETER
+    assert stage.checkpoint_bytes(checks) == (3 + 1) * one  # the kept three and the final one
+    stage.config.defrost()
+    stage.config.SOLVER.CHECKPOINTS_TO_KEEP = 0
+    assert stage.checkpoint_bytes(checks) == (100 + 1) * one
+
+
+
+def test_a_run_file_that_would_hang_the_preflight_is_refused_in_one_line(tmp_path):
+    """An alias bomb (a few nested aliases naming billions of values: the pre-flight walked
+    them for minutes without a word) and a FIFO (read twice, or waited on for ever)."""
+    import os
+
+    from ssl2det.errors import ConfigError
+    from pipeline.spec import load_spec
+
+    bomb = tmp_path / "bomb.yaml"
+    levels = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    bomb.write_text(f"output_dir: {tmp_path / 'out'}\nreport:\n  name: r\n" + "\n".join(levels))
+    with pytest.raises(ConfigError, match=r"line 5: an alias \(\*a\) of an anchor"):
+        load_spec(str(bomb))
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_spec(str(fifo))
+
+
+def test_memory_is_bounded_so_no_request_means_the_whole_node(tmp_path):
+    """mem_gb 0.0005 was sent as --mem=0M (SLURM: all of the node's memory) and .inf accepted."""
+    for value, message in ((0.0005, "greater than or equal to 0.001"),
+                           (float("inf"), "less than or equal to 65536")):
+        problems = _problems(_write(tmp_path, {"launch": {"pretrain": {"mem_gb": value}}}))
+        assert f"launch.pretrain.mem_gb: Input should be {message}" in problems, problems
+
+
+def test_paths_the_system_refuses_are_one_line_naming_them(tmp_path):
+    """A 300-character output_dir gave a traceback in --check, --status and the run; --status
+    with output_dir a file blamed a damaged record."""
+    from helpers import one_line_error
+
+    long_dir = tmp_path / ("x" * 300)
+    run_file = _write(tmp_path, {"output_dir": str(long_dir), "pretrain": [
+        {"name": "a", "config": DEMO_PRETRAIN}]})
+    for flags in (["--status"], ["--check"], []):
+        result = subprocess.run([*PIPELINE, str(run_file), *flags], capture_output=True,
+                                text=True, cwd=REPO)
+        one_line_error(result, 2, "x" * 250, "File name too long")
+    (tmp_path / "afile").write_text("x")
+    run_file = _write(tmp_path, {"output_dir": str(tmp_path / "afile"), "pretrain": [
+        {"name": "a", "config": DEMO_PRETRAIN}]}, "file.yaml")
+    result = subprocess.run([*PIPELINE, str(run_file), "--status"], capture_output=True,
+                            text=True, cwd=REPO)
+    one_line_error(result, 2, "afile is a file, not a run's folder")
+    assert "damaged record" not in result.stderr

@@ -94,7 +94,7 @@ def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(
     of the same config: bit-identical weights; the scale each run says it ran at."""
     overrides = THREE_STEPS
     # one thread a process, as torchrun sets it for its workers (OMP_NUM_THREADS=1)
-    launch = {**SLURM, "setup": ["export OMP_NUM_THREADS=1"],
+    launch = {**SLURM, "slurm": {"setup": ["export OMP_NUM_THREADS=1"]},
               "pretrain": {"tasks_per_node": 2, "cpus_per_task": 1, "time": "0:30:00"}}
     run_file = write_run_file(tmp_path / "run.yaml", {
         "output_dir": str(tmp_path / "slurm"), "launch": launch,
@@ -113,11 +113,12 @@ def test_bad_launch_settings_are_one_list_and_nothing_is_submitted(tmp_path):
         {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
          "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]}
     cluster = write_run_file(tmp_path / "cluster.yaml", {**spec, "launch": {
-        "executor": "slurm", "partition": "nosuch", "pretrain": {"cpus_per_task": 64}}})
+        "executor": "slurm", "slurm": {"partition": "nosuch"}, "pretrain": {"cpus_per_task": 64}}})
     result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(cluster)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "launch.partition: nosuch does not exist here (sinfo: debug, multi)" in result.stderr
+    assert "launch.slurm.partition: nosuch does not exist here (sinfo: debug, multi)" in \
+        result.stderr
     cpus = write_run_file(tmp_path / "cpus.yaml", {**spec, "launch": {
         "executor": "slurm", "pretrain": {"cpus_per_task": 64, "mem_gb": 4096}}})
     result = subprocess.run([sys.executable, str(REPO / "tools/pipeline.py"), str(cpus), "--check"],
@@ -152,15 +153,16 @@ def test_the_dry_run_prints_each_job_with_its_sbatch_script_and_submits_nothing(
 def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_one():
     """configs/pipeline/infocl_imagenet_voc_coco.yaml's 2-node x 8-GPU launch: against the
     one-node test cluster the only problem is the GPUs (and the nodes that come with them)."""
-    from transfer.executors.slurm import cluster_problems
-    from transfer.run_file import STAGE_KINDS
-    from transfer.spec import load_spec
-    from transfer.stages import build_stages
+    from pipeline.executors.slurm import cluster_problems
+    from pipeline.run_file import STAGE_KINDS
+    from pipeline.spec import load_spec
+    from pipeline.stages import build_stages
 
     spec = load_spec(str(REPO / "configs/pipeline/infocl_imagenet_voc_coco.yaml"))
     assert spec.launch.executor == "slurm" and spec.launch.pretrain.nodes == 2
     assert spec.launch.pretrain.gpus_per_node == 8
-    launch = spec.launch.model_copy(update={"partition": ""})  # the test cluster's default
+    launch = spec.launch.model_copy(update={"slurm": spec.launch.slurm.model_copy(
+        update={"partition": ""})})  # the test cluster's default
     problems = cluster_problems(launch, {s.kind: s.starts for s in build_stages(spec)})
     gpu_kinds = [k for k in STAGE_KINDS if launch.resources(k).gpus_per_node]
     assert len(problems) == len(gpu_kinds) and all("(too few GPUs)" in p for p in problems), problems
@@ -168,7 +170,7 @@ def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_on
 
 # --- two nodes: mn1 and mn2, each a slurmd in its own network namespace (partition multi) ------
 
-MULTI = {**SLURM, "partition": "multi", "setup": ["export OMP_NUM_THREADS=1"],
+MULTI = {**SLURM, "slurm": {"partition": "multi", "setup": ["export OMP_NUM_THREADS=1"]},
          "pretrain": {"nodes": 2, "tasks_per_node": 1, "cpus_per_task": 1, "time": "0:30:00"},
          "finetune": {"nodes": 2, "cpus_per_task": 1, "time": "0:30:00"}}
 #: 32 px, no kNN: a few tenths of a second an iteration on one CPU per node
@@ -249,7 +251,7 @@ def test_srun_across_two_nodes_picks_the_interface_that_routes_to_the_master(two
     name resolves to loopback here, the gloo trap) and the all-reduce crosses the nodes. (The
     pretraining across them, its weights and scale.json: the two-node study below.)"""
     srun = subprocess.run(["srun", "-p", "multi", "-N", "2", "--ntasks-per-node", "1",
-                           sys.executable, "-m", "transfer.benchmark", "allreduce", "--elements",
+                           sys.executable, "-m", "benchmark", "allreduce", "--elements",
                            "1000", "--iters", "2", "--output", str(tmp_path / "allreduce.json")],
                           capture_output=True, text=True, timeout=300, cwd=REPO,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -259,6 +261,32 @@ def test_srun_across_two_nodes_picks_the_interface_that_routes_to_the_master(two
                          rf"\(10\.88\.0\.1{rank + 1}\)", srun.stderr), srun.stderr[-3000:]
     measured = _record(tmp_path / "allreduce.json")
     assert measured["nodes"] == 2 and measured["world_size"] == 2 and measured["allreduce_s"] > 0
+
+
+def test_torchrun_across_the_two_nodes_equals_two_processes_on_one_machine(
+        two_nodes, torchrun_three_steps, tmp_path):
+    """No scheduler: tools/pretrain.sh's launcher (torchrun --nnodes 2, one process a node) in
+    mn1's and mn2's network namespaces. Rank, world and node come from torchrun's environment
+    (ssl2det/placement.py), each rank picks the interface that routes to the master, and the
+    weights equal two processes on one machine bit for bit."""
+    out, procs = tmp_path / "run", []
+    for node, rank in (("mn1", 0), ("mn2", 1)):
+        log = open(tmp_path / f"{node}.log", "w")
+        procs.append(subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{node}", sys.executable, "-m", "pretrain.launch",
+             str(REPO / "configs/demo/simclr_r50_small.yaml"), "--num-gpus", "0",
+             "--num-machines", "2", "--machine-rank", str(rank), "--dist-url",
+             "tcp://10.88.0.11:45931", *THREE_STEPS, "OUTPUT_DIR", str(out)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=dict(os.environ, OMP_NUM_THREADS="1", SLURMD_NODENAME=node)))
+    for proc, node in zip(procs, ("mn1", "mn2")):
+        proc.wait(timeout=600)
+        assert proc.returncode == 0, (tmp_path / f"{node}.log").read_text()[-3000:]
+    _assert_same_weights(out / "model_final.pth", torchrun_three_steps)
+    scale = _record(out / "scale.json")
+    assert scale["nodes"] == 2 and scale["world_size"] == 2
+    assert [(r["host"], r["address"], r["interface"]) for r in scale["ranks"]] == [
+        ("mn1", "10.88.0.11", "eth0"), ("mn2", "10.88.0.12", "eth0")]
 
 
 def test_a_master_the_node_cannot_reach_is_one_line_within_seconds(two_nodes, tmp_path):
@@ -290,8 +318,8 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     run on one machine (run while SLURM notices the lost node) and scale.json names each rank's
     node, address and interface; the 2-node fine-tuning equals its command run as 2 processes
     here; submitted again, every stage is complete and skipped."""
-    from transfer.pipeline import build_stages
-    from transfer.spec import load_spec
+    from pipeline.cli import build_stages
+    from pipeline.spec import load_spec
 
     timeout_s = 20
     overrides = with_overrides(QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", 6, "DIST.TIMEOUT_S",
@@ -331,9 +359,13 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     wait_until(lambda: _last_iteration(folder) >= 2, "the pretraining's third step")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: _squeue("-j", job, "-o", "%T").strip() == "PENDING", "the requeue")
+    requeued = time.time()
     wait_until(lambda: not _job_processes(job), "the stopped run's processes to go", 60)
     assert "exit" not in _record(folder / "stage.json"), "the warning was recorded as a failure"
-    # SLURM holds a requeued job for two minutes before it may start again; release it now
+    # SLURM holds a requeued job for two minutes before it may start again; release it now, but
+    # not within the second of the requeue: slurmd compares credentials by the second, and a
+    # job started then is killed as "Job credential revoked" (seen in slurmctld.log under load)
+    time.sleep(max(0.0, requeued + 2.5 - time.time()))
     subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
     second = run_pipeline(run_file)
     assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, 5 already queued or running",
@@ -375,7 +407,7 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     finetune = tmp_path / "run/finetune/det/simclr"
     assert "[distributed] rank 1 on mn2" in (finetune / "finetune.log.rank1").read_text()
     command = _record(finetune / "stage.json")["command"]
-    flag = command.index("--machines-from-slurm")
+    flag = command.index("--machines-from-env")
     assert command[-2] == "OUTPUT_DIR"
     here = [subprocess.Popen(  # the same command, as two processes on this machine
         [*command[:flag], "--num-machines", "2", "--machine-rank", str(rank), "--dist-url",
@@ -395,7 +427,7 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
 @pytest.mark.parametrize("limit", ["30", "30:15", "2:00:00", "1-02", "1-02:00", "1-02:03:04"])
 def test_every_time_limit_form_means_to_us_what_it_means_to_slurm(limit):
     """A held job submitted with each form: SLURM's TimeLimit, in minutes, is ours."""
-    from transfer.run_file import walltime_minutes
+    from pipeline.run_file import walltime_minutes
 
     job = subprocess.run(["sbatch", "--parsable", "--hold", f"--time={limit}", "--wrap", "true"],
                          capture_output=True, text=True, check=True).stdout.strip()

@@ -1,4 +1,4 @@
-"""The objective study (transfer/study.py, tools/objective_study.py): a pipeline of pretraining
+"""The objective study (pipeline/study.py, tools/objective_study.py): a pipeline of pretraining
 and probe stages over configs and paired seeds, its table, and its timing model."""
 
 import json
@@ -31,7 +31,7 @@ def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
     budget."""
     import statistics
 
-    from transfer.study import main as study_main
+    from pipeline.study import main as study_main
 
     tiny = _subset(REPO / "datasets" / "cifar10_tiny", tmp_path / "cifar", train=25, test=10)
     configs = [str(REPO / f"configs/pretrain/infocl_cifar10_simclr{s}.yaml") for s in ("", "_rc")]

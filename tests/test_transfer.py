@@ -4,6 +4,7 @@ protocol configs; the pieces that keep users from silent mistakes."""
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -256,6 +257,8 @@ def test_fewer_processes_than_the_protocol_are_said_out_loud(tmp_path):
         "OUTPUT_DIR", str(out)],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    # no warning a user cannot act on (deprecations of dependencies' code: ssl2det/__init__.py)
+    assert not re.search(r"\w+Warning:", result.stdout + result.stderr), result.stderr[-3000:]
     from transfer.config import get_cfg
 
     effective = get_cfg()

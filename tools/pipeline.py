@@ -6,13 +6,18 @@
 
 Each stage works in its own folder under the run's output_dir. Running the same command again
 skips finished stages and resumes an interrupted one. The report is OUTPUT_DIR/report.md and
-OUTPUT_DIR/report.html. See transfer/pipeline.py for the run-file format; the same as
-`python -m transfer.pipeline`.
+OUTPUT_DIR/report.html. See pipeline/cli.py for the run-file format; the same as
+`python -m pipeline.cli`.
 """
 
 import sys
+from pathlib import Path
 
-from transfer.pipeline import main
+# Python puts this script's folder first on the path, where this file would stand for the
+# package of the same name
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from pipeline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(description=__doc__))

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pretrain.checkpoint_format import (EMA_ENCODER_PREFIXES, FORMAT, ONLINE_ENCODER_PREFIX,
-                                        saved_meta)
+from pretrain.checkpoint_format import FORMAT, ONLINE_ENCODER_PREFIX, saved_meta
+from pretrain.methods import ema_encoder_prefixes
 from ssl2det.errors import UserError, one_line_errors
 from ssl2det.io import CheckpointError, atomic_write, load_checkpoint_file
 
@@ -84,10 +84,10 @@ def _candidate_prefixes(state):
 
 def find_backbone_prefix(state, ema: bool, ours: bool = False) -> str:
     """Where the encoder to convert sits: in this project's checkpoints (`ours`) at the known
-    prefixes (pretrain/checkpoint_format.py), elsewhere found by the names of its keys."""
+    prefixes (the methods declare theirs), elsewhere found by the names of its keys."""
     prefixes = _candidate_prefixes(state)
     if ours:
-        known = EMA_ENCODER_PREFIXES if ema else (ONLINE_ENCODER_PREFIX,)
+        known = ema_encoder_prefixes() if ema else (ONLINE_ENCODER_PREFIX,)
         prefixes = [p for p in prefixes if p in known] or prefixes
     if not prefixes:
         raise ConversionError("no ResNet backbone found: no key ends in 'conv1.weight' with a "

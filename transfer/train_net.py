@@ -27,7 +27,8 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ssl2det.detectron2_internals import allow_ddp_on_cpus, set_local_process_group
-from ssl2det.distributed import choose_interface, slurm_machines
+from ssl2det.distributed import choose_interface
+from ssl2det.placement import placement
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.process import die_with_parent
 
@@ -104,9 +105,11 @@ def build_parser():
     parser.add_argument("--dist-timeout-s", type=float, default=600, metavar="S",
                         help="seconds a process waits in a collective for the others (a hung "
                              "peer: the others stop after it; default 600, as DIST.TIMEOUT_S)")
-    parser.add_argument("--machines-from-slurm", action="store_true",
-                        help="--num-machines, --machine-rank and --dist-url from SLURM's "
-                             "environment (one task per node: `srun --ntasks-per-node 1`)")
+    parser.add_argument("--machines-from-env", action="store_true",
+                        help="--num-machines, --machine-rank and --dist-url from what a launcher "
+                             "of one process per machine set (ssl2det/placement.py: SLURM's "
+                             "`srun --ntasks-per-node 1`, or torchrun --nproc-per-node 1, whose "
+                             "MASTER_PORT its agent holds: detectron2 meets at the next port)")
     return parser
 
 
@@ -123,8 +126,11 @@ def parse_args(argv=None):
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    if args.machines_from_slurm:
-        args.num_machines, args.machine_rank, args.dist_url = slurm_machines()
+    if args.machines_from_env:
+        where = placement()
+        port = where.master_port + (where.launcher == "torchrun")
+        args.num_machines, args.machine_rank = where.nodes, where.node_rank
+        args.dist_url = f"tcp://{where.master_addr}:{port}"
     if args.num_machines > 1:  # the interface that reaches the first machine, for every worker
         host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
         choose_interface(host, int(port), args.machine_rank)

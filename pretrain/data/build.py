@@ -8,9 +8,8 @@ import torch
 from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.errors import ConfigError, DatasetError
 
-from .archives import is_tar_root, tar_index_path
-from .datasets import SeededViews, open_images
-from .file_index import index_path
+from .datasets import SeededViews
+from .layouts import layout_of
 from .device_bank import DeviceImageBank
 from .device_decode import DecodeOnDevice, EncodedViews, collate_encoded
 from .sampler import EpochBatchSampler
@@ -52,19 +51,19 @@ def file_index_dir(cfg) -> str:
 
 
 def image_folder(cfg, root: str, transform=None, report_bad_images: bool = False):
-    """The images at `root` (a folder, an archive or shards: datasets.open_images) with the
+    """The images at `root` (in its layout: a folder, an archive or shards; layouts.py) with the
     config's bad-image policy and file index. Under DDP rank 0 lists the folder or reads the
     tar headers (and writes the index) while the others wait, then they read the index instead
     of listing 1.28M files each (on nodes that cannot see it they list it themselves)."""
+    layout = layout_of(root)
     if cfg.DATA.REBUILD_FILE_INDEX and file_index_dir(cfg) and get_rank() == 0:
-        where = tar_index_path if is_tar_root(root) else index_path
-        path = where(file_index_dir(cfg), root)
+        path = layout.index_path(file_index_dir(cfg), root)
         if os.path.exists(path):
             os.remove(path)  # listed again below, and written anew
             logger.info(f"DATA.REBUILD_FILE_INDEX: {root} is listed again")
 
     def build():
-        return open_images(root, transform, bad_images=cfg.DATA.BAD_IMAGES,
+        return layout.open(root, transform, bad_images=cfg.DATA.BAD_IMAGES,
                            report_dir=cfg.OUTPUT_DIR if report_bad_images else "",
                            index_dir=file_index_dir(cfg))
     if get_world_size() == 1 or not file_index_dir(cfg):

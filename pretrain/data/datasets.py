@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from ssl2det.errors import DatasetError
 from ssl2det.images import BadImages, decode_rgb, printable_path
 
-from .archives import TarReader, is_tar_root, load_tar_index, refuse_compressed_tar
+from .archives import TarReader, load_tar_index
 from .file_index import FileIndex, index_path
 from .views import EncodedImage
 
@@ -180,16 +180,6 @@ class TarImages(ReadsImages, torch.utils.data.Dataset):
 
     def read_bytes(self, index: int) -> bytes:
         return self.reader.read(index)
-
-
-def open_images(root: str, transform=None, bad_images: str = "skip", report_dir: str = "",
-                index_dir: str = ""):
-    """The image set at `root`: an image folder (ImageFiles), or a tar archive or WebDataset
-    shards (TarImages)."""
-    refuse_compressed_tar(root)
-    kind = TarImages if is_tar_root(root) else ImageFiles
-    return kind(root, transform, bad_images=bad_images, report_dir=report_dir,
-                index_dir=index_dir)
 
 
 class SeededViews(torch.utils.data.Dataset):

@@ -49,7 +49,7 @@ def build_parser(description):
 
 
 def _add_linear_arguments(parser):
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
+    parser.add_argument("--protocol", choices=sorted({*PROTOCOLS, "kornblith"}),
                         help="default: the config's PROBE.PROTOCOL. ours: standardised features, "
                              "batch 256, cosine, last epoch; infocl: InfoCL's eval_lr.py (raw "
                              "features, batch 128, steps at 60/80); infocl_imagenet: its "
@@ -150,11 +150,87 @@ def knn_main(argv=None, description=__doc__):
     return 0
 
 
+def _add_downstream_arguments(parser):
+    from .downstream import PROTOCOLS as DOWNSTREAM
+    from .sets import describe_sets
+
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="a downstream set read in its official layout from --data-root "
+                             "(listed below) instead of image folders; --protocol then is one "
+                             f"of {', '.join(DOWNSTREAM)} (pretrain/eval/downstream.py)")
+    parser.add_argument("--data-root", metavar="DIR", help="where --dataset's files are")
+    parser.add_argument("--classes", type=int, default=0,
+                        help="--dataset: the classes this copy has, where a subset is meant "
+                             "(default: the release's; another count is refused)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="--dataset: the image size (default: the protocol's)")
+    parser.add_argument("--seed", type=int, default=0, help="--dataset: the probe's seed")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="--dataset: seeds SEED..SEED+N-1 over one extraction of the "
+                             "features (their results under 'repeats' in the JSON)")
+    parser.add_argument("--output", metavar="JSON", help="--dataset: write the result here")
+    parser.add_argument("--feature-dir", metavar="DIR",
+                        help="--dataset: where the features are kept and found again "
+                             "(default: features/ beside --output)")
+    parser.epilog = "downstream sets (--dataset NAME --data-root DIR):\n" + describe_sets()
+
+
+def downstream_main(args) -> int:
+    """--dataset: the frozen encoder on a downstream set (pretrain/eval/downstream.py)."""
+    from .downstream import PROTOCOLS as DOWNSTREAM
+    from .downstream import evaluate
+
+    if not args.data_root:
+        raise ConfigError(f"--dataset {args.dataset} needs --data-root, the folder of its files")
+    protocol = args.protocol or "infocl"
+    if protocol not in DOWNSTREAM:
+        raise ConfigError(f"--dataset takes --protocol {' or '.join(DOWNSTREAM)}, not "
+                          f"{protocol!r}")
+    config = args.config_file or (os.path.join(os.path.dirname(args.checkpoint), "config.yaml")
+                                  if args.checkpoint else "")
+    if args.checkpoint and not os.path.isfile(config):
+        raise ConfigError(f"no config.yaml beside {args.checkpoint}; pass --config-file")
+    cfg = load_config(config, ["DATA.FILE_INDEX", "False", *args.opts])
+    device = resolve_device(cfg.MODEL.DEVICE)
+    torch.manual_seed(cfg.SEED)
+    encoder = load_encoder(cfg, args.checkpoint or "", args.ema).to(device)
+    if args.checkpoint:
+        stat = os.stat(args.checkpoint)
+        key = {"checkpoint": os.path.abspath(args.checkpoint), "bytes": stat.st_size,
+               "mtime_ns": stat.st_mtime_ns, "ema": args.ema}
+    else:
+        key = {"random_init": config, "seed": cfg.SEED, "arch": cfg.MODEL.ARCH}
+    folder = args.feature_dir or os.path.join(
+        os.path.dirname(os.path.abspath(args.output)) if args.output else os.getcwd(), "features")
+    runs = []
+    with tqdm(desc=f"{args.dataset} ({protocol})", unit="step") as bar:
+        # (kornblith's fit is deterministic: one serves every seed)
+        repeats = max(1, args.repeats) if protocol == "infocl" else 1
+        for seed in range(args.seed, args.seed + repeats):
+            runs.append(evaluate(encoder, cfg, args.dataset, args.data_root, protocol, folder,
+                                 device, seed, args.classes, args.size, key,
+                                 progress=lambda step, value: bar.update(1)))
+    result = {**runs[0], "repeats": runs} if len(runs) > 1 else runs[0]
+    if args.output:
+        text = json.dumps(result, indent=1)
+        atomic_write(args.output, lambda f: f.write(text.encode()))
+    best = (f", best {result['top1_best']:.2f}% at epoch {result['best_epoch']} (chosen on the "
+            "test set, as InfoCL reports)") if result["top1_best"] is not None else ""
+    print(f"{args.dataset}: {result['metric']} {result['metric_value']:.2f}% on "
+          f"{result['n_test']} test images ({protocol} protocol{best}"
+          + (f"; L2 {result['l2']:.3g}" if "l2" in result else "") + ")"
+          + (f"; saved to {args.output}" if args.output else ""))
+    return 0
+
+
 @one_line_errors
 def linear_main(argv=None, description=__doc__):
     parser = build_parser(description)
     _add_linear_arguments(parser)
+    _add_downstream_arguments(parser)
     args = parser.parse_args(argv)
+    if args.dataset:
+        return downstream_main(args)
     evaluation = Evaluation(args)
     result = evaluation.linear_probe(args)
     print(f"{_linear_line(result, args, evaluation.protocol)}; "

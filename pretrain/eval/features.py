@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from ssl2det.distributed import get_rank, get_world_size
 from ssl2det.io import CheckpointError, load_checkpoint_file
 
-from ..checkpoint_format import EMA_ENCODER_PREFIXES, ONLINE_ENCODER_PREFIX
+from ..checkpoint_format import ONLINE_ENCODER_PREFIX
+from ..methods import ema_encoder_prefixes
 from ..models import ResNetEncoder, build_encoder
 
 
@@ -19,7 +20,7 @@ def load_encoder(cfg, checkpoint: str = "", ema: bool = False) -> ResNetEncoder:
     if not checkpoint:
         return encoder
     state = load_checkpoint_file(checkpoint).get("model", {})
-    prefixes = EMA_ENCODER_PREFIXES if ema else (ONLINE_ENCODER_PREFIX,)
+    prefixes = ema_encoder_prefixes() if ema else (ONLINE_ENCODER_PREFIX,)
     for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:

@@ -77,14 +77,15 @@ class ProbeResult:
 
 def train_linear_probe(train_f, train_y, test_f, test_y, epochs=100, lr=None, momentum=0.9,
                        weight_decay=0.0, protocol="ours", batch_size=None, seed=0,
-                       progress=None) -> ProbeResult:
-    """A linear layer on features computed once (the protocols whose `on_images` is False)."""
+                       progress=None, num_classes=0) -> ProbeResult:
+    """A linear layer on features computed once (the protocols whose `on_images` is False);
+    `num_classes` outputs (default: the largest label + 1)."""
     p = PROTOCOLS[protocol]
     batch_size, lr, drop_last = batch_size or p.batch_size, lr or p.lr, p.drop_last
     if p.standardize:
         mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
         train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # (nn.Linear's own initialisation draws from the global RNG)
     classifier = new_linear_layer(train_f.shape[1], num_classes, p.init, g)

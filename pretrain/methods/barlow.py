@@ -15,7 +15,7 @@ def add_barlow_config(cfg):
     cfg.METHOD.BARLOW.UNBIASED_STD = False
 
 
-@register_method("barlow")
+@register_method("barlow", add_barlow_config)
 class BarlowTwins(Method):
     def __init__(self, cfg):
         super().__init__(cfg)

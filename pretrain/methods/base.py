@@ -11,14 +11,28 @@ from ..objectives import Features, Progress
 METHODS = {}
 
 
-def register_method(name):
+def register_method(name, add_config=None):
+    """Class decorator: the method METHOD.NAME `name` selects; `add_config(cfg)` adds its keys
+    (get_cfg() calls every registered one)."""
     def wrap(cls):
+        cls.name, cls.add_config = name, staticmethod(add_config) if add_config else None
         METHODS[name] = cls
         return cls
     return wrap
 
 
+def ema_encoder_prefixes() -> tuple:
+    """Where the methods keep a momentum (EMA) copy of the encoder in their state dicts: what
+    the evaluation's `--ema` and the converter read (each method declares its own)."""
+    return tuple(dict.fromkeys(cls.ema_encoder for cls in METHODS.values() if cls.ema_encoder))
+
+
 class Method(nn.Module):
+    name, add_config = "", None  # set by register_method
+    #: where the method's momentum copy of the encoder sits in its state dict ("" for none):
+    #: BYOL's target network, MoCo's key encoder (tests/test_architecture.py checks it)
+    ema_encoder = ""
+
     """An encoder (`self.encoder`, a torchvision ResNet), the method's heads (`self.head`, the
     projector), and the objectives (pretrain/objectives) `build_method` attached.
 

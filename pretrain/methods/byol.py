@@ -18,9 +18,10 @@ def add_byol_config(cfg):
     cfg.METHOD.BYOL.MOMENTUM_PER_EPOCH = False
 
 
-@register_method("byol")
+@register_method("byol", add_byol_config)
 class BYOL(Method):
     copies_head = True
+    ema_encoder = "target.copies.0."
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -69,9 +69,10 @@ class JigsawHead(nn.Module):
 logger = logging.getLogger(__name__)
 
 
-@register_method("mocov2")
+@register_method("mocov2", add_mocov2_config)
 class MoCoV2(Method):
     copies_head = True
+    ema_encoder = "key_encoder.copies.0."
 
     def __init__(self, cfg):
         super().__init__(cfg)

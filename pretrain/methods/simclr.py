@@ -11,7 +11,7 @@ def add_simclr_config(cfg):
     cfg.METHOD.SIMCLR.TEMPERATURE = 0.5
 
 
-@register_method("simclr")
+@register_method("simclr", add_simclr_config)
 class SimCLR(Method):
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -1,9 +1,15 @@
 """Objectives added to any base method (config key OBJECTIVES): each module adds named loss
 terms through the `Objective` contract (base.py), declares what it needs from the method, and
-contributes its config keys with an `add_*_config(cfg)` that pretrain/config.py calls. See
-docs/objectives.md and docs/architecture.md."""
+registers with the function that adds its config keys (`@register_objective("name",
+add_config)`, which get_cfg() calls); every module here is imported, so a new objective is one
+new file. See docs/objectives.md and docs/architecture.md."""
+
+import importlib
+import pkgutil
 
 from .base import OBJECTIVES, Features, Objective, Progress, register_objective
-from . import infocl_lbe, infocl_rc, mrcl, superinfo  # noqa: F401  (register them)
+
+for _module in pkgutil.iter_modules(__path__):  # each registers the objectives it defines
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["OBJECTIVES", "Features", "Objective", "Progress", "register_objective"]

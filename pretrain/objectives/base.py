@@ -26,9 +26,11 @@ from torch import nn
 OBJECTIVES = {}
 
 
-def register_objective(name):
+def register_objective(name, add_config=None):
+    """Class decorator: the objective OBJECTIVES names `name`; `add_config(cfg)` adds its keys
+    (get_cfg() calls every registered one)."""
     def wrap(cls):
-        cls.name = name
+        cls.name, cls.add_config = name, staticmethod(add_config) if add_config else None
         OBJECTIVES[name] = cls
         return cls
     return wrap

@@ -27,7 +27,7 @@ def add_infocl_lbe_config(cfg):
     cfg.INFOCL_LBE.STAGE_WEIGHTS = (0.25, 0.5, 1.0)
 
 
-@register_objective("infocl_lbe")
+@register_objective("infocl_lbe", add_infocl_lbe_config)
 class InfoCLLowerBound(Objective):
     def __init__(self, cfg, feature_dim):
         super().__init__(cfg, feature_dim)

@@ -17,7 +17,7 @@ def add_infocl_rc_config(cfg):
     cfg.INFOCL_RC.WEIGHT = 1.0
 
 
-@register_objective("infocl_rc")
+@register_objective("infocl_rc", add_infocl_rc_config)
 class InfoCLReconstruction(Objective):
     # InfoCL's decoder is outside its DataParallel (SimCLR/main.py:110-112): its BN sees the
     # whole batch, while the encoder's sees a GPU's share

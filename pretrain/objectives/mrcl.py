@@ -40,7 +40,7 @@ def random_patch_mask(n: int, size: int, patch: int, ratio: float, device=None):
     return F.interpolate(mask, scale_factor=patch, mode="nearest")
 
 
-@register_objective("mrcl")
+@register_objective("mrcl", add_mrcl_config)
 class MaskedReconstruction(Objective):
     def __init__(self, cfg, feature_dim):
         super().__init__(cfg, feature_dim)

@@ -48,7 +48,7 @@ class StochasticHead(nn.Module):
         return mu + std * torch.randn_like(std) if self.training else mu
 
 
-@register_objective("superinfo")
+@register_objective("superinfo", add_superinfo_config)
 class SuperInfo(Objective):
     def __init__(self, cfg, feature_dim):
         super().__init__(cfg, feature_dim)
