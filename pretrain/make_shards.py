@@ -9,7 +9,8 @@ from ssl2det.errors import one_line_errors
 from .data.shards import write_shards
 
 
-@one_line_errors
+@one_line_errors(after_interrupt="the shards written so far are whole; the same command "
+                 "continues with the next one")
 def main(argv=None, description=__doc__) -> int:
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

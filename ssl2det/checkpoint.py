@@ -11,6 +11,24 @@ from detectron2.engine import HookBase
 
 from .io import CheckpointError, UnreadableCheckpointError, atomic_write
 
+#: the checkpoints this folder's runs wrote, one name a line: all that pruning may remove
+WRITTEN = "checkpoints_written.txt"
+
+
+def _record_written(save_dir: str, basename: str) -> None:
+    with open(os.path.join(save_dir, WRITTEN), "a") as f:
+        f.write(basename + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def written_checkpoints(save_dir: str) -> set:
+    try:
+        with open(os.path.join(save_dir, WRITTEN)) as f:
+            return {line.strip() for line in f if line.strip()}
+    except OSError:
+        return set()
+
 
 class AtomicSaveMixin:
     """For fvcore / detectron2 checkpointers: checkpoints and `last_checkpoint` written
@@ -32,6 +50,7 @@ class AtomicSaveMixin:
         basename = f"{name}.pth"
         self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
         atomic_write(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
+        _record_written(self.save_dir, basename)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -82,11 +101,12 @@ class AtomicSaveMixin:
 
 
 def prune_periodic_checkpoints(save_dir: str, keep: int, prefix: str = "model") -> list:
-    """Remove all but the newest `keep` periodic checkpoints (PREFIX_NNNNNNN.pth) of `save_dir`,
-    never the one `last_checkpoint` names and never PREFIX_final.pth; `keep` 0 keeps all. Run
-    after a save completes, so the checkpoint a resume would read is always whole. Returns
-    what was removed. (fvcore's `max_to_keep` forgets the checkpoints of earlier runs of a
-    resumed job; this reads the folder.)"""
+    """Remove all but the newest `keep` periodic checkpoints (PREFIX_NNNNNNN.pth) that this
+    folder's runs wrote (WRITTEN: a user's file of that name, a link, a copy from elsewhere are
+    neither removed nor counted), never the one `last_checkpoint` names and never
+    PREFIX_final.pth; `keep` 0 keeps all. Run after a save completes, so the checkpoint a
+    resume would read is always whole. Returns what was removed. (fvcore's `max_to_keep`
+    forgets the checkpoints of earlier runs of a resumed job; the ledger does not.)"""
     if keep <= 0:
         return []
     try:
@@ -94,8 +114,11 @@ def prune_periodic_checkpoints(save_dir: str, keep: int, prefix: str = "model") 
             named = f.read().strip()
     except OSError:
         named = ""
+    ours = written_checkpoints(save_dir)
     periodic = sorted(p for p in glob.glob(os.path.join(save_dir, f"{prefix}_*.pth"))
-                      if re.fullmatch(rf"{re.escape(prefix)}_\d+\.pth", os.path.basename(p)))
+                      if re.fullmatch(rf"{re.escape(prefix)}_\d+\.pth", os.path.basename(p))
+                      and os.path.basename(p) in ours and os.path.isfile(p)
+                      and not os.path.islink(p))
     removed = [p for p in periodic[:-keep] if os.path.basename(p) != named]
     for path in removed:
         os.remove(path)

@@ -2,6 +2,7 @@
 data, and keys written as dotted paths."""
 
 import os
+import stat
 
 import yaml
 
@@ -10,8 +11,8 @@ from .errors import ConfigError
 BASE_KEY = "_BASE_"
 
 
-class _DuplicateKeyError(yaml.constructor.ConstructorError):
-    pass
+class _RefusedYaml(yaml.constructor.ConstructorError):
+    """YAML that reads but is refused: a key given twice, an alias."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -27,11 +28,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: PyYAML's own error follows
                 break
             if first != key_node.start_mark.line:
-                raise _DuplicateKeyError(
+                raise _RefusedYaml(
                     None, None, f"the key {key!r} is given twice, on lines {first + 1} and "
                     f"{key_node.start_mark.line + 1} (the second would silently win)",
                     key_node.start_mark)
         return super().construct_mapping(node, deep)
+
+    def compose_node(self, parent, index):
+        # An alias shares its anchor's node: a few nested ones name billions of values, which
+        # whatever walks the data (the schema, the stages' hashes) then visits (a "billion
+        # laughs" run file kept the pre-flight busy for minutes without a word). Configs and run
+        # files need none: refused at the first.
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _RefusedYaml(None, None, f"an alias (*{event.anchor}) of an anchor: "
+                                     "anchors and aliases are not read here; write the values "
+                                     "out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+#: the largest YAML file read: a config or run file is a few kB (ours)
+MAX_YAML_BYTES = 1 << 20
 
 
 def read_yaml_mapping(path: str, what: str = "config file") -> dict:
@@ -39,15 +56,22 @@ def read_yaml_mapping(path: str, what: str = "config file") -> dict:
     would build Python objects or run code is refused by name). Every problem is a ConfigError
     naming the file."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file (a pipe, a device?): give "
+                              "the YAML file itself")
+        if info.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path} has {info.st_size} bytes; a {what} is a few kB "
+                              f"(at most {MAX_YAML_BYTES}): is it the right file?")
         with open(path) as f:
             data = yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a folder, not a YAML file") from None
-    except _DuplicateKeyError as e:
-        raise ConfigError(f"{path}, line {e.problem_mark.line + 1}: {e.problem}; give each key "
-                          "once") from None
+    except _RefusedYaml as e:
+        fix = "; give each key once" if "given twice" in e.problem else ""
+        raise ConfigError(f"{path}, line {e.problem_mark.line + 1}: {e.problem}{fix}") from None
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         where = f", line {mark.line + 1}" if mark else ""

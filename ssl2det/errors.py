@@ -2,6 +2,7 @@
 command-line entry points print it as one line, `error: ...`, and exit with the error's
 `exit_code` (no traceback)."""
 
+import errno
 import functools
 import sys
 
@@ -36,14 +37,25 @@ def user_message(error: BaseException) -> str:
 INTERRUPTED = 130
 #: The exit code of a run stopped by a preemption signal after its checkpoint was written
 #: (sysexits' EX_TEMPFAIL: the same command with --resume continues). Not 1, so that a job's
-#: wrapper (transfer/executors/slurm.py) can tell a stop it will requeue from a failure.
+#: wrapper (pipeline/executors/slurm.py) can tell a stop it will requeue from a failure.
 PREEMPTED = 75
 
 
-def one_line_errors(main):
+#: errors of a path that is wrong as given (bad input: exit 2), not of a run that failed
+_BAD_PATH = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENOENT}
+
+#: what Ctrl-C of a training entry point says
+RESUME_AFTER_INTERRUPT = ("nothing written is damaged; the same command with --resume (the "
+                          "pipeline: the same command) continues from the last checkpoint")
+
+
+def one_line_errors(main=None, *, after_interrupt: str = RESUME_AFTER_INTERRUPT):
     """For an entry point `main(...) -> exit code`: a UserError it raises is printed as one
     line, `error: MESSAGE`, on stderr, and its exit_code returned, instead of a traceback; so is
-    Ctrl-C (exit 130)."""
+    Ctrl-C (exit 130), with `after_interrupt`: how this command continues. Used bare
+    (`@one_line_errors`) or with the keyword (`@one_line_errors(after_interrupt=...)`)."""
+    if main is None:
+        return functools.partial(one_line_errors, after_interrupt=after_interrupt)
 
     @functools.wraps(main)
     def entry_point(*args, **kwargs):
@@ -52,10 +64,16 @@ def one_line_errors(main):
         except UserError as e:
             print(f"error: {user_message(e)}", file=sys.stderr)
             return e.exit_code
+        except OSError as e:
+            if e.filename is None:  # (not about a path: a fault to see whole)
+                raise
+            # a path the user gave that the system refuses (too long, a loop of links, no
+            # permission, a full disk): its name and the system's reason, not a traceback
+            where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+            print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
+            return 2 if e.errno in _BAD_PATH else 1
         except KeyboardInterrupt:
-            print("interrupted (Ctrl-C): nothing written is damaged; the same command with "
-                  "--resume (the pipeline: the same command) continues from the last checkpoint",
-                  file=sys.stderr)
+            print(f"interrupted (Ctrl-C): {after_interrupt}", file=sys.stderr)
             return INTERRUPTED
 
     return entry_point

@@ -5,6 +5,7 @@ line."""
 
 import io
 import os
+import shutil
 import tarfile
 
 import pytest
@@ -67,7 +68,7 @@ def plain_shards(folder, out, per_shard=30):
 
 
 def test_archives_and_shards_hold_the_folders_samples_in_its_order(folder, tmp_path):
-    from pretrain.data.datasets import open_images
+    from pretrain.data.layouts import open_images
     from pretrain.data.shards import write_shards
 
     reference = open_images(str(folder))
@@ -92,9 +93,9 @@ def test_webdataset_reads_the_shards_make_shards_writes_and_a_cut_off_run_resume
         folder, tmp_path, monkeypatch):
     import webdataset
 
-    from pretrain.data import datasets, shards
+    from pretrain.data import datasets, layouts, shards
 
-    reference = datasets.open_images(str(folder))
+    reference = layouts.open_images(str(folder))
     pattern = shards.write_shards(str(folder), str(tmp_path / "whole"), 40, progress=False)
     samples = list(webdataset.WebDataset(pattern, shardshuffle=False))
     assert [s["jpeg"] for s in samples] == [reference.read_bytes(k) for k in range(100)]
@@ -149,7 +150,7 @@ def test_the_tar_index_is_kept_reused_and_rebuilt_when_the_tar_changes(folder, t
 
 
 def test_bad_members_follow_the_bad_image_policy_and_are_named(folder, tmp_path):
-    from pretrain.data.datasets import open_images
+    from pretrain.data.layouts import open_images
     from ssl2det.errors import DatasetError
 
     broken = (folder / "n01440764" / "n01440764_tench.JPEG").read_bytes()[:2000]
@@ -168,7 +169,7 @@ def test_bad_members_follow_the_bad_image_policy_and_are_named(folder, tmp_path)
 
 
 def test_unusable_archives_and_patterns_are_one_line(folder, tmp_path):
-    from pretrain.data.datasets import open_images
+    from pretrain.data.layouts import open_images
     from ssl2det.errors import DatasetError
 
     whole = imagenet_archive(folder, tmp_path / "train.tar")
@@ -267,26 +268,26 @@ def test_the_decode_on_device_path_reads_archives_and_shards(folder, tmp_path):
 
 
 def test_the_preflight_counts_archives_and_shards_and_names_what_is_missing(folder, tmp_path):
-    from transfer.preflight import _folder_problem
+    from pipeline.checks import Checks
 
-    seen = {}
+    checks = Checks(spec=None)
     archive = str(imagenet_archive(folder, tmp_path / "train.tar"))
     shards = plain_shards(folder, tmp_path / "plain")
     index_dir = str(tmp_path / "index")
-    assert _folder_problem("DATA.ROOT", archive, seen, index_dir) is None
-    assert _folder_problem("DATA.ROOT", shards, seen, index_dir) is None
-    assert seen == {archive: 100, shards: 100}
+    assert checks.images_problem("DATA.ROOT", archive, index_dir) == ""
+    assert checks.images_problem("DATA.ROOT", shards, index_dir) == ""
+    assert checks.images == {archive: 100, shards: 100}
     assert len(os.listdir(index_dir)) == 2  # kept for the pretraining that reads them
-    problem = _folder_problem("DATA.VAL_ROOT", str(tmp_path / "val-{000..009}.tar"), seen)
+    problem = checks.images_problem("DATA.VAL_ROOT", str(tmp_path / "val-{000..009}.tar"))
     assert problem.startswith("DATA.VAL_ROOT: the pattern ") and "matches no file" in problem
-    problem = _folder_problem("DATA.ROOT", str(tmp_path / "train.tar.gz"), seen)
+    problem = checks.images_problem("DATA.ROOT", str(tmp_path / "train.tar.gz"))
     assert problem.startswith("DATA.ROOT: ") and "is a compressed tar" in problem
 
 
 def test_ranks_share_one_reading_of_the_headers(folder, tmp_path):
     """Under DDP rank 0 reads the tar headers and writes the index; rank 1 reads the index."""
     from ddp_helpers import image_folder_on_ranks
-    from pretrain.data.datasets import open_images
+    from pretrain.data.layouts import open_images
 
     root = str(imagenet_archive(folder, tmp_path / "train.tar"))
     ranks = image_folder_on_ranks(root, str(tmp_path / "index"), 2, str(tmp_path))
@@ -294,3 +295,112 @@ def test_ranks_share_one_reading_of_the_headers(folder, tmp_path):
     images = open_images(root)
     assert ranks[0]["samples"] == ranks[1]["samples"] == [
         [images.name(k), images.label(k)] for k in range(len(images))]
+
+
+def test_a_dry_run_reads_an_archive_without_writing_its_index(folder, tmp_path):
+    """--dry-run's pre-flight counts an archive's images and writes nothing (it saved the
+    tar index into output_dir: 137 MB and 19 s for ImageNet, then said nothing was written)."""
+    import yaml
+
+    from pipeline.preflight import preflight
+    from pipeline.spec import load_spec
+    from pipeline.stages import build_stages
+
+    archive = imagenet_archive(folder, tmp_path / "train.tar")
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "pretrain": [
+        {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+         "overrides": ["DATA.ROOT", str(archive), "KNN.ENABLED", False]}]}))
+    spec = load_spec(str(run))
+    assert "(100 images)" in preflight(spec, build_stages(spec), writes=False)
+    assert not (tmp_path / "out").exists()
+    preflight(spec, build_stages(spec))  # (a run keeps it for the pretraining)
+    assert list((tmp_path / "out").rglob("*.tar-index.npz"))
+
+
+def test_a_damaged_header_midway_is_named_not_the_end_of_the_archive(folder, tmp_path):
+    """A header in the middle of the archive with a broken checksum: tarfile took it for the end
+    and every class after it vanished; now one line names the file and the offset."""
+    from pretrain.data.layouts import open_images
+    from ssl2det.errors import DatasetError
+
+    archive = imagenet_archive(folder, tmp_path / "train.tar")
+    with tarfile.open(archive) as tar:
+        middle = tar.getmembers()[50]
+    data = bytearray(archive.read_bytes())
+    data[middle.offset + 148:middle.offset + 156] = b"99999999"  # its checksum field
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"train.tar: the header at offset {middle.offset} "
+                                           "is damaged"):
+        open_images(str(archive))
+
+
+def test_class_folders_under_one_top_folder_are_the_classes(folder, tmp_path):
+    """`tar cf train.tar train` puts every image under train/: the classes are the folders
+    below it (they read as one class named train, all labels 0); an image beside the class
+    folders is refused by name."""
+    from pretrain.data.layouts import open_images
+    from ssl2det.errors import DatasetError
+
+    wrapped = tmp_path / "train.tar"
+    with tarfile.open(wrapped, "w") as tar:
+        tar.add(folder, arcname="train")
+    images = open_images(str(wrapped))
+    assert len(images.classes) == 100 and images.classes == sorted(os.listdir(folder))
+    assert len({images.label(i) for i in range(len(images))}) == 100
+    with tarfile.open(tmp_path / "loose.tar", "w") as tar:
+        tar.add(folder, arcname="train")
+        _add(tar, "train/stray.JPEG", b"x")
+    with pytest.raises(DatasetError, match="train/stray.JPEG sits beside the class folders"):
+        open_images(str(tmp_path / "loose.tar"))
+
+
+def test_numbers_from_data_are_bounded_before_anything_is_made(tmp_path):
+    """A brace pattern is counted before it is expanded ({000000..099999999} took 83 s and
+    8.7 GB, then a MemoryError); a .cls value bounds nothing by itself (50000000 made 50M class
+    names, 99999999999 an OverflowError traceback, '1_0' read as 10)."""
+    from pretrain.data.archives import brace_count
+    from pretrain.data.layouts import open_images
+    from ssl2det.errors import DatasetError
+
+    assert brace_count("s-{000000..000146}.tar") == 147
+    assert brace_count("{a,b}-{0..9..2}.tar") == 10
+    with pytest.raises(DatasetError, match="names 100,000,000 shards, more than the 100,000"):
+        open_images(str(tmp_path / "s-{000000..099999999}.tar"))
+    for value, message in ((b"50000000", "holds 50000000, beyond the 100,000 classes"),
+                           (b"99999999999", "beyond the 100,000 classes"),
+                           (b"1_0", "holds b'1_0', not a class index")):
+        with tarfile.open(tmp_path / "one.tar", "w") as tar:
+            _add(tar, "k0.jpg", (REPO / "datasets/cifar10_tiny/train/bird/0000.jpg").read_bytes())
+            _add(tar, "k0.cls", value)
+        with pytest.raises(DatasetError, match=message):
+            open_images(str(tmp_path / "one.tar"))
+
+
+def test_make_shards_writes_only_into_out_and_says_how_it_continues(tmp_path):
+    """OUT inside SRC (the shards would join the image folder) and a --name that leaves OUT are
+    refused in one line, nothing written; Ctrl-C advises the same command, not a --resume it
+    does not take."""
+    from pretrain.make_shards import main
+    from helpers import call, one_line_error
+
+    source = tmp_path / "images"
+    shutil.copytree(REPO / "datasets/cifar10_tiny/test", source)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    one_line_error(call(main, [source, source / "shards", "--no-progress"]), 2,
+                   "lies inside SRC")
+    one_line_error(call(main, [source, tmp_path / "out", "--name", "../../x", "--no-progress"]),
+                   2, "must be a file name prefix")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+    import pretrain.make_shards as module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    real, module.write_shards = module.write_shards, interrupted
+    try:
+        result = call(main, [source, tmp_path / "out"])
+    finally:
+        module.write_shards = real
+    assert result.returncode == 130 and "--resume" not in result.stderr
+    assert "the same command continues with the next one" in result.stderr

@@ -591,3 +591,27 @@ def test_a_nan_on_one_rank_makes_every_rank_skip_the_step(shared_data, tmp_path)
         if key.startswith(("encoder.", "head.")) and "running" not in key:
             assert torch.equal(value, ranks[1]["model"][key]), key
     assert _all_finite(ranks[0]["model"]) and _all_finite(ranks[1]["model"])
+
+
+def test_periodic_checkpoints_are_pruned_to_the_newest_few_never_the_one_to_resume(tmp_path):
+    """Only what the run's saves wrote is pruned or counted: a user's model_0000002.pth, a link
+    named like a checkpoint and a foreign model_0000099.pth are left alone and do not count as
+    the newest (round five: all three were deleted or counted)."""
+    from ssl2det.checkpoint import WRITTEN, prune_periodic_checkpoints
+
+    for i in (1, 3, 5, 7, 9):
+        (tmp_path / f"model_{i:07d}.pth").write_bytes(b"x")
+    (tmp_path / WRITTEN).write_text("".join(f"model_{i:07d}.pth\n" for i in (1, 3, 5, 7, 9)))
+    (tmp_path / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "model_0000002.pth").write_bytes(b"a user's")
+    (tmp_path / "model_0000099.pth").write_bytes(b"from elsewhere")
+    (tmp_path / "keep.pth").write_bytes(b"x")
+    (tmp_path / "model_0000004.pth").symlink_to(tmp_path / "keep.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")  # (a resume chose an old one)
+    removed = prune_periodic_checkpoints(str(tmp_path), keep=2)
+    assert sorted(p.rsplit("/", 1)[1] for p in removed) == ["model_0000003.pth", "model_0000005.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "keep.pth", "model_0000001.pth", "model_0000002.pth", "model_0000004.pth",
+        "model_0000007.pth", "model_0000009.pth", "model_0000099.pth", "model_final.pth"]
+    assert prune_periodic_checkpoints(str(tmp_path), keep=0) == []  # 0 keeps every one
+

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tarfile
 import zipfile
 from array import array
@@ -42,25 +43,35 @@ SHARD_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")  # webdataset's image keys
 _INDEX_ARRAYS = ("offsets", "sizes", "labels", "files", "name_ends", "names")
 
 
-def is_tar_root(root: str) -> bool:
-    """A root this module reads (a .tar file or a brace pattern), not an image folder."""
-    return "{" in root or root.endswith(".tar")
+#: the most shards a brace pattern may name (ImageNet's 1.28M images make 147 to 1,282 shards in
+#: the usual sizes; ours): a pattern is counted before it is expanded
+MAX_SHARDS = 100_000
+#: the largest class index a shard's .cls may hold (ImageNet-21k has 21,841 classes; ours)
+MAX_CLASSES = 100_000
 
 
-def refuse_compressed_tar(root: str) -> None:
-    """A compressed tar has no offsets to read at: one line saying what to do instead."""
-    if root.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        raise DatasetError(f"{root} is a compressed tar, which cannot be read by offset; "
-                           "decompress it once (e.g. gunzip) and give the .tar")
-
-
-def image_tars_exist(root: str) -> bool:
-    """`root` names tar files (is_tar_root) and every one of them is there."""
-    return is_tar_root(root) and all(os.path.isfile(p) for p in _expanded(root))
+def brace_count(pattern: str) -> int:
+    """How many names a brace pattern makes, counted without making them (each {a..b} range
+    and {x,y} list multiplies; nested braces count as their alternatives do, at most)."""
+    count = 1
+    for group in re.findall(r"\{([^{}]*)\}", pattern):
+        numbers = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", group)
+        if numbers:
+            first, last, step = int(numbers[1]), int(numbers[2]), abs(int(numbers[3] or 1)) or 1
+            count *= abs(last - first) // step + 1
+        else:
+            count *= len(group.split(","))
+    return count
 
 
 def _expanded(root: str) -> list:
-    return list(braceexpand(root)) if "{" in root else [root]
+    if "{" not in root:
+        return [root]
+    if brace_count(root) > MAX_SHARDS:
+        raise DatasetError(f"{root} names {brace_count(root):,} shards, more than the "
+                           f"{MAX_SHARDS:,} a pattern may name: is a range too wide (e.g. "
+                           "{000000..099999999} for {000000..000999})?")
+    return list(braceexpand(root))
 
 
 def tar_paths(root: str) -> list:
@@ -93,6 +104,7 @@ def _members(path: str, f, start: int = 0, end: int = None):
         while True:
             member = tar.next()
             if member is None:
+                _check_end(path, f, tar.offset, end)
                 return
             tar.members.clear()
             if member.offset_data + member.size > end:
@@ -107,6 +119,39 @@ def _members(path: str, f, start: int = 0, end: int = None):
         at = tar.offset if tar is not None else start
         raise DatasetError(f"{path} is not a readable tar at offset {at} ({e}); is it whole? "
                            "Copy it again") from None
+
+
+def _by_class_folder(path: str, images: list) -> dict:
+    """{class: [entry]} of an archive's images in class folders. The class is the folder level
+    below every folder the images share: `tar cf train.tar train` puts them all under train/,
+    which is not a class (all labels 0 otherwise). An image at that level has no class."""
+    parts = [name.split("/") for name, _, _ in images]
+    depth = 0
+    # one folder holds them all, and folders below it hold some: that folder is no class
+    while parts and all(len(p) > depth + 1 for p in parts) and \
+            len({p[depth] for p in parts}) == 1 and any(len(p) > depth + 2 for p in parts):
+        depth += 1
+    grouped = {}
+    for (name, offset, size), split in zip(images, parts):
+        if len(split) < depth + 2:
+            raise DatasetError(f"{path}: {name} sits beside the class folders, not in one "
+                               f"(expected {'/'.join(split[:depth]) + '/' if depth else ''}"
+                               "<class>/<image>)")
+        inside = "/".join(split[depth + 1:])
+        grouped.setdefault(split[depth], []).append(
+            (os.path.dirname(inside), os.path.basename(inside), name, offset, size))
+    return grouped
+
+
+def _check_end(path: str, f, offset: int, end: int) -> None:
+    """tarfile ends an archive at the first header it cannot read, past the first one silently:
+    every member after a damaged header would vanish. The end is two zero blocks (or the
+    file's end); anything else there is damage, named with its offset."""
+    block = os.pread(f.fileno(), 512, offset) if offset < end else b""
+    if block.strip(b"\0"):
+        raise DatasetError(f"{path}: the header at offset {offset} is damaged (neither a "
+                           "member's header nor the archive's end): the members after it cannot "
+                           "be read; copy the archive again")
 
 
 class TarIndex:
@@ -160,11 +205,10 @@ class TarIndex:
                             ignored.append(f"{name}/{inner}")
                     packed[label_name] = _Arrays.of(entries)
                 elif "/" in name and _is_image(name):  # class folders
-                    label_name, inside = name.split("/", 1)
-                    loose.setdefault(label_name, []).append(
-                        (os.path.dirname(inside), os.path.basename(inside), name, offset, size))
+                    loose.setdefault("", []).append((name, offset, size))
                 else:
                     ignored.append(name)
+        loose = _by_class_folder(path, loose.get("", []))
         for label_name, entries in loose.items():
             if label_name in packed:
                 raise DatasetError(f"{path}: class {label_name} is both a tar and a folder; "
@@ -207,7 +251,14 @@ class TarIndex:
             if not found:
                 raise DatasetError(f"{path} holds no image (expected WebDataset samples KEY.jpg "
                                    "with KEY.cls)")
-        return cls("shards", paths, [str(k) for k in range(top + 1)], arrays.done(), ignored)
+        done = arrays.done()
+        missing = sorted(set(range(top + 1)) - set(np.unique(done["labels"]).tolist()))
+        if missing:  # (numbered classes: the numbers that skip values are classes too)
+            logger.warning(f"{paths[0]}{' ...' if len(paths) > 1 else ''}: the class numbers "
+                           f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
+                           f" ({len(missing)} of 0..{top}) have no image; they stay empty "
+                           "classes")
+        return cls("shards", paths, [str(k) for k in range(top + 1)], done, ignored)
 
     # --- kept between starts ----------------------------------------------------------------
 
@@ -298,8 +349,11 @@ def _label(path: str, key: str, text: bytes) -> int:
         label = int(text.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         label = -1
-    if label < 0:
+    if label < 0 or not text.strip().isdigit():  # ("1_0": int() reads it as 10)
         raise DatasetError(f"{path}: {key}.cls holds {text[:20]!r}, not a class index (0, 1, ...)")
+    if label >= MAX_CLASSES:
+        raise DatasetError(f"{path}: {key}.cls holds {label}, beyond the {MAX_CLASSES:,} classes "
+                           "a shard set may have: a damaged label?")
     return label
 
 

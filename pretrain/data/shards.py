@@ -14,6 +14,7 @@ gives the same bytes.
 import io
 import json
 import os
+import re
 import tarfile
 
 from tqdm import tqdm
@@ -22,7 +23,7 @@ from ssl2det.errors import ConfigError
 from ssl2det.io import atomic_write
 
 from .archives import SHARD_IMAGE_EXTENSIONS
-from .datasets import open_images
+from .layouts import open_images
 
 
 def shard_pattern(out: str, name: str, shards: int) -> str:
@@ -60,6 +61,15 @@ def write_shards(source: str, out: str, images_per_shard: int = 1000, name: str 
     DATA.ROOT."""
     if images_per_shard < 1:
         raise ConfigError(f"--images-per-shard must be 1 or more, got {images_per_shard}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) or ".." in name:
+        raise ConfigError(f"--name {name!r} must be a file name prefix (letters, digits, '_', "
+                          "'-', '.'; no '/' or '..'): the shards go into OUT, nowhere else")
+    real_out, real_source = os.path.realpath(out), os.path.realpath(source.split("{")[0])
+    if os.path.isdir(source) and (real_out == real_source or
+                                  real_out.startswith(real_source + os.sep)):
+        raise ConfigError(f"OUT {out} lies inside SRC {source}: the shards would become part of "
+                          "the image folder (which then cannot be pretrained on or sharded "
+                          "again); choose a folder outside it")
     images = open_images(source)
     shards = -(-len(images) // images_per_shard)
     os.makedirs(out, exist_ok=True)
