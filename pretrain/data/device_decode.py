@@ -12,6 +12,14 @@ batch in its place.
 
 On the CPU (tests) every step is the worker path's own kernel, so the views are equal to it
 exactly; on CUDA the resize runs in float and is rounded (within one level).
+
+The decoder's future: torchvision 0.29 deprecates its image decoders in favour of TorchCodec.
+`decode_jpeg` stays here while the torchvision releases this project supports have it (the GPU
+image's 0.26 has no TorchCodec, and TorchCodec is one more binary dependency whose nvJPEG path
+would have to be measured again, docs/performance.md); when a supported torchvision drops it,
+this module moves to TorchCodec's JPEG decoder, the one place that decodes on the device. The
+deprecation is raised only where this module is used (INPUT.DECODE_ON_DEVICE), and is not
+filtered: it is ours to act on.
 """
 
 import numpy as np
