@@ -30,7 +30,7 @@ os.environ["DETECTRON2_DATASETS"] = str(SHARED_DATA / "detectron2")
 LONG_FILES = ("test_slurm.py", "test_pipeline.py", "test_reliability.py", "test_study.py",
               "test_device.py", "test_misuse.py", "test_transfer.py", "test_archives.py",
               "test_readme.py", "test_pretrain_engine.py", "test_run_file.py",
-              "test_objectives.py")
+              "test_downstream.py", "test_objectives.py")
 
 
 def pytest_collection_modifyitems(items):

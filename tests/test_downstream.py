@@ -254,9 +254,9 @@ def test_the_many_shot_sets_read_their_layouts(name, build, classes, counts, tmp
 @pytest.mark.slow
 def test_a_pipeline_with_classification_ends_in_the_reports_table(tmp_path):
     """classification: in a run file makes one stage per set and backbone replicate (a pretrain
-    entry with two seeds, and the random baseline), the pre-flight reads the set's layout first
-    (a bad root stops the run before any stage), and the report has the sets x backbones table
-    with n, the paired difference to the baseline and the published number beside."""
+    entry and the random baseline), the pre-flight reads the set's layout first (a bad root
+    stops the run before any stage), and the report has the sets x backbones table with n (two
+    probe seeds each), the paired difference to the baseline and the published number beside."""
     import yaml
 
     from tiny_pipeline import QUICK_PRETRAIN, run_pipeline, with_overrides
@@ -264,7 +264,7 @@ def test_a_pipeline_with_classification_ends_in_the_reports_table(tmp_path):
     dtd = make.dtd(tmp_path / "dtd", per_class=64)  # 144 to train on: one batch of 128
     spec = {"output_dir": str(tmp_path / "run"),
             "pretrain": [{"name": "simclr", "config": "configs/demo/simclr_r50_small.yaml",
-                          "repeats": 2, "overrides": with_overrides(
+                          "overrides": with_overrides(
                               QUICK_PRETRAIN, "SOLVER.MAX_ITER", 2, "KNN.ENABLED", False,
                               "MODEL.ARCH", "resnet18")}],
             "classification": [{"name": "textures", "dataset": "dtd", "root": str(dtd),
@@ -285,10 +285,10 @@ def test_a_pipeline_with_classification_ends_in_the_reports_table(tmp_path):
     out = run_pipeline(run_file)
     started = [line for line in out.splitlines() if "] classify textures from " in line
                and line.endswith(" ...")]
-    assert len(started) == 3, out  # simclr, simclr-seed1, random
+    assert len(started) == 2, out  # simclr, random
     report = (tmp_path / "run/report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| textures (dtd, infocl)")]
-    assert len(rows) == 3 and "| simclr | top1: " in rows[0] and "| 4 |" in rows[0]
+    assert len(rows) == 3 and "| simclr | top1: " in rows[0] and "| 2 |" in rows[0]
     assert "within noise" in rows[0] or "beyond noise" in rows[0]
     assert "| SimCLR, CIFAR-10 (published) |  | 29.52 |" in rows[2]
     result = json.loads((tmp_path / "run/classify/textures/simclr/classification.json")

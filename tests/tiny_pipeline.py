@@ -71,7 +71,9 @@ def tiny_spec(folder, out, launch=None) -> dict:
                                       ["mini_test", str(voc), "test"]],
                      "voc_classes": "raccoon"},
         "pretrain": [{"name": "simclr", "config": "configs/demo/simclr_r50_small.yaml",
-                      "overrides": QUICK_PRETRAIN}],
+                      # (8 iterations here: the SLURM studies set their own, longer)
+                      "overrides": with_overrides(QUICK_PRETRAIN, "SOLVER.MAX_ITER", 8,
+                                                  "SOLVER.CHECKPOINT_PERIOD", 4)}],
         "backbones": [{"name": "supervised", "weights": str(weights),
                        "label": "torchvision layout", "source": "a file on disk"}],
         "repeats": 2,
