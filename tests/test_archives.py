@@ -4,6 +4,7 @@ the same folder in its order, train to the same weights, keep their index, and b
 line."""
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -333,6 +334,79 @@ def test_a_damaged_header_midway_is_named_not_the_end_of_the_archive(folder, tmp
     with pytest.raises(DatasetError, match=rf"train.tar: the header at offset {middle.offset} "
                                            "is damaged"):
         open_images(str(archive))
+
+
+def test_what_an_inner_tar_or_a_link_really_is_is_named(folder, tmp_path):
+    """An empty class tar is a class without images (it read as "cut short"), a gzip or a text
+    file in a tar's place is named as what it is (it read as holding no image), and a link
+    member is refused by name (it was dropped in silence)."""
+    import gzip
+
+    from pretrain.data.layouts import open_images
+    from ssl2det.errors import DatasetError
+
+    def archive(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w") as tar:
+            for member, data in members.items():
+                _add(tar, member, data)
+        return str(path)
+
+    image = (folder / "n01440764" / "n01440764_tench.JPEG").read_bytes()
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as tar:
+        _add(tar, "a.JPEG", image)
+    for members, message in (
+            ({"n1.tar": inner.getvalue(), "n2.tar": b""}, "the classes n2 hold no image"),
+            ({"n1.tar": gzip.compress(inner.getvalue())}, "n1.tar is gzip-compressed"),
+            ({"n1.tar": b"not a tar\n" * 100}, "n1.tar is not a tar: its first 512 bytes")):
+        with pytest.raises(DatasetError, match=message):
+            open_images(archive("outer.tar", members))
+    linked = tmp_path / "linked.tar"
+    with tarfile.open(linked, "w") as tar:
+        _add(tar, "n1/a.JPEG", image)
+        link = tarfile.TarInfo("n1/b.JPEG")
+        link.type, link.linkname = tarfile.LNKTYPE, "n1/a.JPEG"
+        tar.addfile(link)
+    with pytest.raises(DatasetError, match="member n1/b.JPEG is a hard link to n1/a.JPEG"):
+        open_images(str(linked))
+
+
+def test_a_kept_index_is_used_only_as_written_for_the_same_tars(folder, tmp_path, monkeypatch):
+    """A tar replaced by another of the same size and modification time, an index whose arrays
+    were edited with values still in range, or whose classes became a string: read again
+    (they were used as they stood: a string's letters as classes)."""
+    import numpy as np
+
+    from pretrain.data import archives
+
+    root = str(imagenet_archive(folder, tmp_path / "train.tar"))
+    index_dir = str(tmp_path / "index")
+    built = []
+    real_build = archives.TarIndex.build.__func__
+    monkeypatch.setattr(archives.TarIndex, "build", classmethod(
+        lambda cls, r: built.append(r) or real_build(cls, r)))
+    archives.load_tar_index(root, index_dir)
+    stat = os.stat(root)
+    shutil.copy(root, tmp_path / "copy.tar")
+    os.replace(tmp_path / "copy.tar", root)  # the same bytes, size and mtime: another file
+    os.utime(root, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    archives.load_tar_index(root, index_dir)
+    assert len(built) == 2
+    path = archives.tar_index_path(index_dir, root)
+    for edit in ("labels", "classes"):
+        with np.load(path) as stored:
+            arrays = dict(stored)
+        meta = json.loads(bytes(arrays["meta"]))
+        if edit == "labels":
+            arrays["labels"] = arrays["labels"][::-1].copy()  # in range, wrong
+        else:
+            meta["classes"] = "".join(meta["classes"])
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(path, **arrays)
+        index = archives.load_tar_index(root, index_dir)
+        assert len(index.classes) == 100 and index.labels[0] == 0 and index.labels[-1] == 99
+    assert len(built) == 4
 
 
 def test_class_folders_under_one_top_folder_are_the_classes(folder, tmp_path):

@@ -332,7 +332,8 @@ def test_the_converter_names_a_bad_output_path(tmp_path):
 def test_the_converter_never_destroys_its_input_or_a_special_file(tmp_path, capsys):
     """`convert in.pth in.pth` would replace the input; as root an output of /dev/null or a pipe
     would be replaced by a regular file: each refused in one line, exit 2, nothing changed. (A
-    FIFO and a link to it stand in for a device.)"""
+    FIFO and a link to it stand in for a device; a link in a loop or to nothing is a link too,
+    not a traceback or "No such file".)"""
     import torchvision
 
     from transfer.convert import main
@@ -344,8 +345,12 @@ def test_the_converter_never_destroys_its_input_or_a_special_file(tmp_path, caps
     os.mkfifo(fifo)
     (tmp_path / "link").symlink_to(fifo)
     (tmp_path / "same").symlink_to(source)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for output, message in ((source, "is the input"), (tmp_path / "same", "is the input"),
-                            (fifo, "not a regular file"), (tmp_path / "link", "symbolic link")):
+                            (fifo, "not a regular file"), (tmp_path / "link", "symbolic link"),
+                            (tmp_path / "loop", "symbolic link"),
+                            (tmp_path / "dangling", "symbolic link")):
         assert main([str(source), str(output)]) == 2
         assert message in capsys.readouterr().err
     assert source.read_bytes() == data and fifo.is_fifo() and (tmp_path / "link").is_symlink()
@@ -516,6 +521,8 @@ def test_sixteen_bit_grayscale_is_scaled_not_saturated(tmp_path):
 
 
 def test_a_symlink_loop_is_followed_once_and_an_empty_class_is_named(shared_data, tmp_path):
+    """A link back to its own class folder is read once; a link into the root or another class
+    is refused by name (the other class's images were read again under a second label)."""
     from pretrain.data import ImageFiles
     from ssl2det.errors import DatasetError
 
@@ -528,3 +535,11 @@ def test_a_symlink_loop_is_followed_once_and_an_empty_class_is_named(shared_data
     (root / "dog").mkdir()
     with pytest.raises(DatasetError, match="class folders dog hold no image"):
         ImageFiles(str(root))
+    # a link into the root or into another class: that class's images under a second label
+    (root / "dog" / "b.jpg").write_bytes(jpg)
+    for target, into in ((root, "the image root"), (root / "dog", "class dog's folder")):
+        (root / "cat" / "up").symlink_to(target)
+        with pytest.raises(DatasetError, match=f"cat/up leads into {into}"):
+            ImageFiles(str(root))
+        (root / "cat" / "up").unlink()
+    assert len(ImageFiles(str(root))) == 2

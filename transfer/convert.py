@@ -188,7 +188,11 @@ def finetune_keys(arch: str) -> str:
 def check_output(source: str, path: str) -> None:
     """The output must be a new path or a regular file, and not the input: a conversion that
     replaced its input, or turned /dev/null or a pipe into a file, would destroy data."""
-    if os.path.lexists(path) and os.path.exists(source) and os.path.samefile(source, path):
+    try:
+        same = os.path.lexists(path) and os.path.exists(source) and os.path.samefile(source, path)
+    except OSError:  # a link in a loop: not the input, and refused as a link below
+        same = False
+    if same:
         raise ConversionError(f"the output {path} is the input; give another file name for the "
                               "detectron2 weights (the input would be lost)")
     if os.path.islink(path):

@@ -67,6 +67,26 @@ class ReadsImages:
         return (self.transform(image) if self.transform else image), label
 
 
+
+def _refuse_a_second_label(directory, folder, real, name, owners) -> None:
+    """`folder` (in class `name`, at real path `real`) must not be the root, nor lie in another
+    class's folder (the nearest of its real ancestors that is a class folder or the root says
+    which): its images would be samples of two classes."""
+    path = real
+    while path not in owners:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return  # outside the root: a class folder linked from elsewhere
+        path = parent
+    owner = owners[path]
+    if owner == name or (owner is None and path != real):
+        return  # its own class, or a folder of the root that is no class
+    what = "the image root" if owner is None else f"class {printable_path(owner)}'s folder"
+    raise DatasetError(f"{directory}: {printable_path(os.path.relpath(folder, directory))} leads "
+                       f"into {what} ({real}): its images would be read again under class "
+                       f"{printable_path(name)}; remove the link")
+
+
 class ImageFiles(ReadsImages, ImageFolder):
     """ImageFolder that reads every image as RGB and survives bad files (module docstring).
 
@@ -116,8 +136,12 @@ class ImageFiles(ReadsImages, ImageFolder):
     @staticmethod
     def list_folder(directory, class_to_idx, is_valid_file) -> FileIndex:
         """Walk the class folders, each real folder once (a symbolic link back to a parent
-        would repeat its images up to 40 times)."""
+        would repeat its images up to 40 times); a link into the root or another class's folder
+        is refused (its images would be read again under a second label)."""
         groups, ignored, walked = [], [], [""]
+        owners = {os.path.realpath(directory): None}  # real folder: its class (None: the root)
+        for name in class_to_idx:
+            owners.setdefault(os.path.realpath(os.path.join(directory, name)), name)
         for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
             visited, listing = set(), []
             for folder, subfolders, files in os.walk(os.path.join(directory, name),
@@ -127,6 +151,7 @@ class ImageFiles(ReadsImages, ImageFolder):
                     subfolders[:] = []
                     continue
                 visited.add(real)
+                _refuse_a_second_label(directory, folder, real, name, owners)
                 listing.append((os.path.relpath(folder, directory), files))
             for folder, files in sorted(listing):
                 walked.append(folder)
