@@ -13,7 +13,8 @@ import os
 
 from ssl2det.errors import DatasetError
 
-from .archives import load_tar_index, tar_index_path, tar_paths
+from .archives import load_tar_index, tar_index_path
+from .tar_files import tar_paths
 from .datasets import ImageFiles, TarImages
 from .file_index import index_path
 
