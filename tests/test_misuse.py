@@ -26,7 +26,7 @@ VOC_CPU = ["--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
            "--register-voc", "raccoon_small_train", str(REPO / "datasets/raccoon_small"), "train",
            "--voc-classes", "raccoon", "DATASETS.TRAIN", '("raccoon_small_train",)',
            "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
-           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "4", "INPUT.MIN_SIZE_TRAIN", "(128,)",
            "INPUT.MAX_SIZE_TRAIN", "160", "TEST.PRECISE_BN.ENABLED", "False",
            "DATALOADER.NUM_WORKERS", "0"]
 

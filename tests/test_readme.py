@@ -21,8 +21,8 @@ SHRINK = {
                            "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
                            "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
                            "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST",
-                           "20", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-                           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+                           "10", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+                           "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "4",
                            "TEST.DETECTIONS_PER_IMAGE", "10"],
     "tools/convert_to_d2.py": [],
 }

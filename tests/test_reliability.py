@@ -24,7 +24,7 @@ PRETRAIN = [sys.executable, str(REPO / "tools" / "pretrain_net.py")]
 TRAIN_NET = [sys.executable, str(REPO / "tools" / "train_net.py")]
 #: MoCo v2 with InfoMin's jigsaw branch (a third view of patches, its head's step buffer)
 MOCO = ["--config-file", str(REPO / "configs/pretrain/mocov2_r18_cifar.yaml"),
-        "DATA.VAL_ROOT", "", "SOLVER.BATCH_SIZE", "32", "SOLVER.MAX_ITER", "6",
+        "DATA.VAL_ROOT", "", "SOLVER.BATCH_SIZE", "16", "SOLVER.MAX_ITER", "6",
         "METHOD.MOCO.QUEUE_SIZE", "64", "LOG_PERIOD", "1", "DATA.NUM_WORKERS", "2",
         "INPUT.JIGSAW.ENABLED", "True", "INPUT.JIGSAW.SIZE", "24", "INPUT.JIGSAW.PATCH", "8"]
 
@@ -114,7 +114,7 @@ def test_random_sigkills_also_inside_checkpoint_writes_lose_nothing(
                                              "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)]
     rng = random.Random(0)
     kills = 0
-    while kills < 4:
+    while kills < 3:
         log_size = (out / "log.txt").stat().st_size if (out / "log.txt").exists() else 0
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300  # wait for this run's training loop, then a random moment
@@ -269,7 +269,7 @@ def test_train_net_killed_resumed_past_a_damaged_checkpoint_then_stopped_by_sigt
         "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
         "--register-voc", "raccoon_small_train", voc, "train", "--voc-classes", "raccoon",
         "DATASETS.TRAIN", '("raccoon_small_train",)', "DATASETS.TEST", "()",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "4",
         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
         "TEST.PRECISE_BN.ENABLED", "False", "SOLVER.CHECKPOINT_PERIOD", "2",
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)]
@@ -412,7 +412,7 @@ def test_train_net_skips_an_unusable_image_or_stops_clearly(tmp_path):
         "--config-file", str(REPO / "configs/cpu/voc_faster_rcnn_cpu.yaml"),
         "--register-voc", "tiny_train", str(voc), "train", "--register-voc", "tiny_test",
         str(voc), "test", "--voc-classes", "raccoon", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "4", "INPUT.MIN_SIZE_TRAIN", "(128,)",
         "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
         "TEST.PRECISE_BN.ENABLED", "False", "DATALOADER.NUM_WORKERS", "1"]
     args = common + ["DATASETS.TRAIN", '("tiny_train",)', "DATASETS.TEST", "()",

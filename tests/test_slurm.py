@@ -322,8 +322,10 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     from pipeline.spec import load_spec
 
     timeout_s = 20
-    overrides = with_overrides(QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", 6, "DIST.TIMEOUT_S",
-                               timeout_s)
+    # 18 iterations, a checkpoint every 4: each fault lands a step after one, with 3 to 5
+    # iterations (seconds, loaded or not) left for the test to act before the run would end
+    overrides = with_overrides(QUICK_MULTI, "SOLVER.MAX_ITER", 18, "SOLVER.CHECKPOINT_PERIOD", 4,
+                               "DIST.TIMEOUT_S", timeout_s)
     spec = tiny_spec(tmp_path, tmp_path / "run", launch=MULTI)
     spec.update(repeats=1, backbones=[], report={"predictions": 0})
     spec["pretrain"][0]["overrides"] = overrides
@@ -370,12 +372,12 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     second = run_pipeline(run_file)
     assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, 5 already queued or running",
                      second), second[-3000:]
-    hung = fault("SIGSTOP", 7, timeout_s + 60)  # (checkpoints after iterations 6, 12, 18)
+    hung = fault("SIGSTOP", 5, timeout_s + 60)  # (checkpoints after iterations 4, 8, 12, 16)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
-    dead = fault("SIGKILL", 13, 60)
+    dead = fault("SIGKILL", 9, 60)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
     job = _record(folder / "stage.json")["run"]["id"]
-    wait_until(lambda: _last_iteration(folder) >= 19, "the pretraining's progress")
+    wait_until(lambda: _last_iteration(folder) >= 13, "the pretraining's progress")
     _lose_node("mn2")
     started = time.monotonic()
     # the reference for the weights, run while SLURM notices the loss (this machine is idle)

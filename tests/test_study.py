@@ -25,7 +25,7 @@ def _subset(root, out, train, test):
 @pytest.mark.slow
 def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
     """The objective study (tools/objective_study.py) at tiny settings: two configs x two paired
-    seeds on half the shipped CIFAR-10 sample (250 training, 100 test images), the training set
+    seeds on a fifth of the shipped CIFAR-10 sample (100 training, 50 test images), the training set
     decoded once on the device, kNN every epoch; the table's mean ± std and paired difference
     are those of the per-seed probe results, and the timing model says how many epochs fit a
     budget."""
@@ -33,9 +33,9 @@ def test_objective_study_over_seeds_with_the_timing_model(tmp_path):
 
     from pipeline.study import main as study_main
 
-    tiny = _subset(REPO / "datasets" / "cifar10_tiny", tmp_path / "cifar", train=25, test=10)
+    tiny = _subset(REPO / "datasets" / "cifar10_tiny", tmp_path / "cifar", train=10, test=5)
     configs = [str(REPO / f"configs/pretrain/infocl_cifar10_simclr{s}.yaml") for s in ("", "_rc")]
-    common = ["--epochs", "1", "--batch-size", "50", "--linear-epochs", "3", "--workers", "0",
+    common = ["--epochs", "1", "--batch-size", "20", "--linear-epochs", "3", "--workers", "0",
               "--train-root", str(tiny / "train"), "--val-root", str(tiny / "test"),
               "--set", "DATA.DECODE_ONCE", "True", "--set", "MODEL.CHANNELS_LAST", "False",
               "--set", "SOLVER.MAX_ITER", "2", *configs]
