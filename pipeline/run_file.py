@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat,
                       StrictInt, StrictStr, ValidationError, create_model)
 
-from pretrain.eval.linear import PROTOCOLS
+from pretrain.eval.protocols import PROTOCOLS
 from ssl2det.config import read_yaml_mapping
 from ssl2det.errors import UserError
 

@@ -7,8 +7,6 @@ import re
 import socket
 import tempfile
 
-import torch
-
 from .errors import UserError
 
 
@@ -136,6 +134,8 @@ def _umask() -> int:
 
 def load_checkpoint_file(path: str) -> dict:
     """torch.load with weights_only=True (no code from the file runs), with clear errors."""
+    import torch  # (here: the planner, every SLURM job's wrapper, imports this module)
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

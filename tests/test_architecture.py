@@ -207,7 +207,8 @@ def test_the_set_up_can_import_the_process_runner_with_the_standard_library_only
 
 def test_the_planner_and_the_report_start_without_the_training_stack():
     """`tools/pipeline.py --status`, the wrapper of every SLURM job and the report's process
-    import these modules and nothing that only training, converting or drawing needs: each of
+    import these modules and nothing that only training, converting or drawing needs (the
+    wrapper not even torch, which the stage kinds' configs bring): each of
     those packages costs seconds a process (torchvision with torch._dynamo, detectron2's data
     and engine, matplotlib)."""
     import subprocess
@@ -218,6 +219,11 @@ def test_the_planner_and_the_report_start_without_the_training_stack():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+    # every SLURM job's wrapper (submitit unpickles its StageJob) not even torch: 2-3 s a job
+    wrapper = "import sys, pipeline.executors.slurm; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
+                            cwd=REPO, check=True)
+    assert result.stdout.strip() == "False", "a SLURM job's wrapper imports torch"
 
 
 def test_every_plugin_registers_its_keys_with_itself():

@@ -22,7 +22,7 @@ from ssl2det.output_dir import output_dir_holder
 from ssl2det.process import run_logged
 
 from ..run_file import Entry
-from ..stages import SINGLE
+from ..starts import SINGLE
 from .base import Executor, Phase, RunState
 
 _LOG_MESSAGE = re.compile(r"\[\d\d/\d\d \d\d:\d\d:\d\d [^\]]*\]:? (.*)")

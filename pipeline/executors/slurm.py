@@ -37,7 +37,7 @@ from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr
 
 from ..record import StageRecord
 from ..run_file import STAGE_KINDS, Entry, walltime_minutes
-from ..stages import LAUNCHER, RANKS
+from ..starts import LAUNCHER, RANKS
 from .base import Executor, Phase, RunState, SchedulerError
 
 #: squeue's states of a job that waits to run, of one that runs or holds its nodes (STOPPED:

@@ -2,7 +2,8 @@
 for a run file. A new kind is a module with a Stage subclass (its command, outputs, inputs,
 problems and `build` from the run file) and its place in KINDS."""
 
-from .base import LAUNCHER, RANKS, SINGLE, Stage, fingerprint
+from ..starts import LAUNCHER, RANKS, SINGLE
+from .base import Stage, fingerprint
 from .classify import ClassifyStage
 from .convert import ConvertStage
 from .probe import ProbeStage

@@ -19,9 +19,7 @@ from pathlib import Path
 from ssl2det.config import config_values, key_in
 
 from ..record import StageRecord
-
-#: how a stage's processes start (the module docstring)
-RANKS, LAUNCHER, SINGLE = "one process per rank", "one launcher per machine", "one process"
+from ..starts import SINGLE
 
 
 def fingerprint(inputs) -> str:

@@ -10,7 +10,8 @@ from ssl2det.config import config_values, key_in
 
 from ..layout import RANDOM
 from ..spec import replicate_name
-from .base import SINGLE, Stage
+from ..starts import SINGLE
+from .base import Stage
 from .pretrain import PretrainStage
 
 RESULT = "classification.json"

@@ -8,7 +8,8 @@ from pretrain.launch import launch_command
 
 from ..checks import CHECKPOINT_BYTES_PER_PARAMETER, PARAMETERS, checkpoints_kept
 from ..spec import replicate_name
-from .base import RANKS, Stage, final_checkpoint_done, results_values
+from ..starts import RANKS
+from .base import Stage, final_checkpoint_done, results_values
 
 
 class PretrainStage(Stage):

@@ -3,11 +3,12 @@
 import sys
 
 from pretrain.config import PROBE_KEYS, load_config
-from pretrain.eval.linear import PROTOCOLS
+from pretrain.eval.protocols import PROTOCOLS
 from ssl2det.config import config_values, key_in
 
 from ..layout import RANDOM
-from .base import RANKS, SINGLE, Stage
+from ..starts import RANKS, SINGLE
+from .base import Stage
 from .pretrain import PretrainStage
 
 

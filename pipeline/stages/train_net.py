@@ -10,7 +10,8 @@ from transfer.config import RUNTIME_KEYS, merge_config
 from ..checks import (CHECKPOINT_BYTES_PER_PARAMETER, PARAMETERS, arch_problem, checkpoints_kept,
                       metric_problems)
 from ..spec import replicate_name
-from .base import LAUNCHER, Stage, final_checkpoint_done, results_values
+from ..starts import LAUNCHER
+from .base import Stage, final_checkpoint_done, results_values
 
 
 class TrainNetStage(Stage):

@@ -27,7 +27,8 @@ from ..data import build_eval_loader, image_folder
 from .features import extract_features, load_encoder
 from .image_probe import train_probe_on_images
 from .knn import knn_top1
-from .linear import PROTOCOLS, train_linear_probe
+from .linear import train_linear_probe
+from .protocols import PROTOCOLS
 
 
 def build_parser(description):
