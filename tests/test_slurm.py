@@ -221,6 +221,23 @@ def _last_iteration(folder) -> int:
     return max(map(int, found), default=-1)
 
 
+def _past(folder, iteration: int, resumes: int):
+    """A check: the pretraining in `folder` has logged `iteration`, and the run after its
+    `resumes`-th resume has logged a step of its own (an earlier run's log may already be past
+    `iteration`: a signal sent then would hit the new run while it starts)."""
+    steps_at_resume = []
+
+    def check() -> bool:
+        log = folder / "pretrain.log"
+        if not log.is_file() or log.read_text().count("resumed: continuing at") < resumes:
+            return False
+        steps = (folder / "metrics.json").read_text().count('"iteration"')
+        if not steps_at_resume:
+            steps_at_resume.append(steps)
+        return steps > steps_at_resume[0] and _last_iteration(folder) >= iteration
+    return check
+
+
 def _lose_node(node: str) -> None:
     """What a node's loss looks like from the others: every process in its network namespace,
     its slurmd included, killed at once."""
@@ -322,10 +339,8 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     from pipeline.spec import load_spec
 
     timeout_s = 20
-    # 18 iterations, a checkpoint every 4: each fault lands a step after one, with 3 to 5
-    # iterations (seconds, loaded or not) left for the test to act before the run would end
-    overrides = with_overrides(QUICK_MULTI, "SOLVER.MAX_ITER", 18, "SOLVER.CHECKPOINT_PERIOD", 4,
-                               "DIST.TIMEOUT_S", timeout_s)
+    overrides = with_overrides(QUICK_MULTI, "SOLVER.CHECKPOINT_PERIOD", 6, "DIST.TIMEOUT_S",
+                               timeout_s)
     spec = tiny_spec(tmp_path, tmp_path / "run", launch=MULTI)
     spec.update(repeats=1, backbones=[], report={"predictions": 0})
     spec["pretrain"][0]["overrides"] = overrides
@@ -333,9 +348,9 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     run_file = write_run_file(tmp_path / "run.yaml", spec)
     folder = tmp_path / "run/pretrain/simclr"
 
-    def fault(signal_name, after_iteration, bound_s):
+    def fault(signal_name, after_iteration, resumes, bound_s):
         job = _record(folder / "stage.json")["run"]["id"]
-        wait_until(lambda: _last_iteration(folder) >= after_iteration, "the pretraining's progress")
+        wait_until(_past(folder, after_iteration, resumes), "the pretraining's progress")
         os.kill(_training_rank(job, 1), getattr(signal, signal_name))
         started = time.monotonic()
         wait_until(lambda: _ended(job), f"the job's end after {signal_name}", bound_s)
@@ -372,12 +387,12 @@ def test_a_two_node_study_survives_a_requeue_a_hung_and_a_dead_rank_and_a_lost_n
     second = run_pipeline(run_file)
     assert re.search(r"submitted 0 SLURM job\(s\) in [\d.]+ s, 5 already queued or running",
                      second), second[-3000:]
-    hung = fault("SIGSTOP", 5, timeout_s + 60)  # (checkpoints after iterations 4, 8, 12, 16)
+    hung = fault("SIGSTOP", 7, 1, timeout_s + 60)  # (checkpoints after iterations 6, 12, 18)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
-    dead = fault("SIGKILL", 9, 60)
+    dead = fault("SIGKILL", 13, 2, 60)
     assert "submitted 5 SLURM job(s)" in run_pipeline(run_file)
     job = _record(folder / "stage.json")["run"]["id"]
-    wait_until(lambda: _last_iteration(folder) >= 13, "the pretraining's progress")
+    wait_until(_past(folder, 19, 3), "the pretraining's progress")
     _lose_node("mn2")
     started = time.monotonic()
     # the reference for the weights, run while SLURM notices the loss (this machine is idle)

@@ -35,8 +35,9 @@ def torchvision_r50(path):
     return path
 
 
-#: 32 px, NCHW (oneDNN's NHWC is slower at toy sizes): about 0.4 s an iteration here (the runs
-#: set their own SOLVER.MAX_ITER: 8 in the tiny pipeline, 18 in the two-node study)
+#: 32 px, NCHW (oneDNN's NHWC is slower at toy sizes): about 0.4 s an iteration here; 24 of
+#: them leave tests/test_slurm.py's two-node study seconds to send each signal mid-run, loaded
+#: or not (the tiny pipeline sets its own 8)
 QUICK_PRETRAIN = ["DATA.ROOT", str(DATA / "unlabeled"), "DATA.VAL_ROOT", str(TINY / "test"),
                   "KNN.TRAIN_ROOT", str(TINY / "train"), "SOLVER.MAX_ITER", "24",
                   "SOLVER.BATCH_SIZE", "8", "SOLVER.CHECKPOINT_PERIOD", "12", "LOG_PERIOD", "1",
