@@ -31,7 +31,7 @@ LAYERS = (
     ("benchmark",),  # both stages' speed against their peers
     # the orchestrator over both stages
     ("pipeline.layout", "pipeline.run_file", "pipeline.run_file_messages", "pipeline.spec",
-     "pipeline.record"),
+     "pipeline.record", "pipeline.starts"),
     ("pipeline.checks",),  # what the stages' pre-flight checks share
     ("pipeline.stages",),  # what each kind of stage runs, produces, is made from, checks
     ("pipeline.preflight",  # every stage's problems, the output folder, the disk

@@ -124,16 +124,24 @@ def test_webdataset_reads_the_shards_make_shards_writes_and_a_cut_off_run_resume
         shards.write_shards(str(folder), str(cut), 50, progress=False)
 
 
-def test_the_tar_index_is_kept_reused_and_rebuilt_when_the_tar_changes(folder, tmp_path,
-                                                                        monkeypatch, caplog):
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """The roots whose tar index was built (read from the tars' headers) in this test."""
+    from pretrain.data import archives
+
+    roots = []
+    real_build = archives.TarIndex.build.__func__
+    monkeypatch.setattr(archives.TarIndex, "build", classmethod(
+        lambda cls, r: roots.append(r) or real_build(cls, r)))
+    return roots
+
+
+def test_the_tar_index_is_kept_reused_and_rebuilt_when_the_tar_changes(folder, tmp_path, built,
+                                                                        caplog):
     from pretrain.data import archives
 
     root = str(imagenet_archive(folder, tmp_path / "train.tar"))
     index_dir = str(tmp_path / "index")
-    built = []
-    real_build = archives.TarIndex.build.__func__
-    monkeypatch.setattr(archives.TarIndex, "build", classmethod(
-        lambda cls, r: built.append(r) or real_build(cls, r)))
     first = archives.load_tar_index(root, index_dir)
     second = archives.load_tar_index(root, index_dir)
     assert len(built) == 1 and len(second) == 100
@@ -235,8 +243,7 @@ def test_a_folder_its_archive_and_shards_train_to_the_same_weights(folder, tmp_p
             weights = _pretrain(root, tmp_path / layout)
             assert weights.keys() == reference.keys()
             assert all(torch.equal(weights[k], reference[k]) for k in reference), layout
-        out = tmp_path / "made resumed"
-        _pretrain(roots["make_shards"], out)
+        out = tmp_path / "make_shards"  # its run again, from its checkpoint of iteration 2
         assert (out / "model_0000001.pth").is_file()
         (out / "last_checkpoint").write_text("model_0000001.pth")  # as if killed after iteration 2
         os.remove(out / "model_final.pth")
@@ -372,7 +379,7 @@ def test_what_an_inner_tar_or_a_link_really_is_is_named(folder, tmp_path):
         open_images(str(linked))
 
 
-def test_a_kept_index_is_used_only_as_written_for_the_same_tars(folder, tmp_path, monkeypatch):
+def test_a_kept_index_is_used_only_as_written_for_the_same_tars(folder, tmp_path, built):
     """A tar replaced by another of the same size and modification time, an index whose arrays
     were edited with values still in range, or whose classes became a string: read again
     (they were used as they stood: a string's letters as classes)."""
@@ -382,10 +389,6 @@ def test_a_kept_index_is_used_only_as_written_for_the_same_tars(folder, tmp_path
 
     root = str(imagenet_archive(folder, tmp_path / "train.tar"))
     index_dir = str(tmp_path / "index")
-    built = []
-    real_build = archives.TarIndex.build.__func__
-    monkeypatch.setattr(archives.TarIndex, "build", classmethod(
-        lambda cls, r: built.append(r) or real_build(cls, r)))
     archives.load_tar_index(root, index_dir)
     stat = os.stat(root)
     shutil.copy(root, tmp_path / "copy.tar")
