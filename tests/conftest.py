@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSL2DET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-# One torch thread per process. The suite runs in two xdist workers (pytest.ini) on two cores;
+# One torch thread per process. The suite runs in three xdist workers (pytest.ini) on two cores;
 # each test's processes with an intra-op pool of their own would oversubscribe them, and tiny
 # models' ops then wait on a descheduled thread (measured on 3 of the test files: 102 s in two
 # workers at the default threads, no faster than one worker; 76 s at one thread). Set before
@@ -23,10 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["DETECTRON2_DATASETS"] = str(SHARED_DATA / "detectron2")
 
 
-#: the files whose tests take longest (measured together, longest first: 340 s down to 30 s
-#: here), handed to the two xdist workers first (each file goes to one worker, pytest.ini) so
-#: that the short ones fill in beside them and both end together, instead of one waiting for a
-#: long file at the end
+#: the files whose tests take longest (measured together: 364 s down to 45 s here), handed to
+#: the three xdist workers first (each file goes to one worker, pytest.ini) so that the short
+#: ones fill in beside them and all end together, instead of one waiting for a long file at the
+#: end
 LONG_FILES = ("test_slurm.py", "test_pipeline.py", "test_reliability.py", "test_study.py",
               "test_device.py", "test_misuse.py", "test_transfer.py", "test_archives.py",
               "test_readme.py", "test_pretrain_engine.py", "test_run_file.py",
