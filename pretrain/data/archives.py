@@ -33,8 +33,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ssl2det.errors import DatasetError
 from ssl2det.io import atomic_write
 
-from .tar_files import members
-from .tar_files import tar_paths
+from .tar_files import members, tar_paths
 
 logger = logging.getLogger("pretrain")
 
@@ -200,28 +199,30 @@ class TarIndex:
 
     @classmethod
     def read(cls, path: str, root: str):
-        """The index at `path` if it is whole and every tar of `root` has its recorded size and
-        modification time; else None (read as data: no pickle)."""
+        """The index at `path` if it is whole, its arrays match their digest and every tar of
+        `root` is the file it was made from (path, size, mtime, inode, ctime); else None (read
+        as data: no pickle). An index of another version or of changed tars is made again
+        without a word; the digest is computed only for one that would be used."""
         if not os.path.isfile(path):
             return None
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {k: stored[k] for k in _INDEX_ARRAYS}
                 meta = json.loads(bytes(stored["meta"]).decode("utf-8", "surrogateescape"))
-            recorded, classes = meta["tars"], meta["classes"]
+            recorded, classes, tars = meta["tars"], meta["classes"], tar_paths(root)
+            if meta["version"] != VERSION or [_identity(p) for p in tars] != recorded:
+                return None
             if not (isinstance(classes, list) and classes
                     and all(isinstance(c, str) for c in classes)):
                 raise ValueError("its classes are not a list of names")
             if meta.get("digest") != _digest(arrays, classes):
                 raise ValueError("its arrays do not match their digest (edited or damaged)")
-            index = cls(meta["layout"], tar_paths(root), classes, arrays, meta["ignored"])
+            index = cls(meta["layout"], tars, classes, arrays, meta["ignored"])
             index._check(recorded)
         except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError,
                 zipfile.BadZipFile) as e:
             logger.warning(f"the tar index {path} cannot be read ({type(e).__name__}: {e}); "
                            f"reading the headers of {root} again")
-            return None
-        if meta["version"] != VERSION or [_identity(p) for p in index.tars] != recorded:
             return None
         return index
 

@@ -67,7 +67,6 @@ class ReadsImages:
         return (self.transform(image) if self.transform else image), label
 
 
-
 def _refuse_a_second_label(directory, folder, real, name, owners) -> None:
     """`folder` (in class `name`, at real path `real`) must not be the root, nor lie in another
     class's folder (the nearest of its real ancestors that is a class folder or the root says

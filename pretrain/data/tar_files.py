@@ -34,8 +34,9 @@ def brace_count(pattern: str) -> int:
 def _expanded(root: str) -> list:
     if "{" not in root:
         return [root]
-    if brace_count(root) > MAX_SHARDS:
-        raise DatasetError(f"{root} names {brace_count(root):,} shards, more than the "
+    count = brace_count(root)
+    if count > MAX_SHARDS:
+        raise DatasetError(f"{root} names {count:,} shards, more than the "
                            f"{MAX_SHARDS:,} a pattern may name: is a range too wide (e.g. "
                            "{000000..099999999} for {000000..000999})?")
     return list(braceexpand(root))
