@@ -105,6 +105,11 @@ def test_a_two_task_slurm_pretraining_equals_the_two_process_torchrun_run(
     scale = _record(tmp_path / "slurm/pretrain/a/scale.json")
     assert scale["world_size"] == 2 and scale["batch_per_process"] == 4
     assert (tmp_path / "slurm/pretrain/a/pretrain.log.rank1").is_file()
+    # they met at the port rank 0's task chose free and wrote to the job's folder
+    job = _record(tmp_path / "slurm/pretrain/a/stage.json")["run"]["id"]
+    port = (tmp_path / f"slurm/slurm/{job}/meeting.0").read_text().strip()
+    assert re.search(rf"master \S+:{port} over", (tmp_path / "slurm/pretrain/a/pretrain.log")
+                     .read_text())
 
 
 def test_bad_launch_settings_are_one_list_and_nothing_is_submitted(tmp_path):
@@ -148,6 +153,26 @@ def test_the_dry_run_prints_each_job_with_its_sbatch_script_and_submits_nothing(
     assert "| #SBATCH --kill-on-invalid-dep=yes" in printed and "--kill-on-bad-exit=1" in printed
     assert "dry run: 2 stage(s) would run" in printed
     assert _squeue("-o", "%i") == before and not (tmp_path / "run").exists()
+
+
+def test_a_job_that_fails_before_its_task_is_a_failure_naming_slurms_own_log(tmp_path):
+    """A bad `setup:` line ends the job's batch script before its task starts: the stage is
+    FAILED (not "interrupted", the preemption state, which would quote nothing of this run),
+    naming the job's own log under OUTPUT/slurm/JOBID/, which holds the line that failed; its
+    dependent is not run."""
+    launch = {**SLURM, "slurm": {"setup": ["echo 'module: cuda/99.0 not found' >&2", "exit 3"]}}
+    run_file = write_run_file(tmp_path / "run.yaml", {
+        "output_dir": str(tmp_path / "run"), "launch": launch, "pretrain": [
+            {"name": "a", "config": "configs/demo/simclr_r50_small.yaml",
+             "overrides": ["DATA.ROOT", str(DATA / "unlabeled")]}]})
+    followed = run_pipeline(run_file, "--wait", code=1)
+    job = _record(tmp_path / "run/pretrain/a/stage.json")["run"]["id"]
+    log = tmp_path / f"run/slurm/{job}/{job}_0_log.err"
+    status = _status(run_file)["pretrain a"]
+    assert status.startswith(f"FAILED (job {job}") and "before its task ended" in status, status
+    assert str(log) in status and str(log) in followed, followed[-3000:]
+    assert "module: cuda/99.0 not found" in log.read_text()
+    assert not (tmp_path / "run/report.md").exists()
 
 
 def test_the_paper_scale_launch_block_fits_a_cluster_but_for_the_gpus_of_this_one():
