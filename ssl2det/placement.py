@@ -9,7 +9,9 @@ with pipeline/executors/, the only code that names a scheduler's variables
   MASTER_PORT.
 - SLURM (`srun`, one task per rank or per machine): SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
   SLURM_NODEID, SLURM_NNODES, and the meeting point: MASTER_ADDR / MASTER_PORT where the job
-  exported them, else the first node of SLURM_JOB_NODELIST and a port from the job id (ours).
+  exported them (the pipeline's SLURM jobs export a port rank 0's task found free:
+  pipeline/executors/slurm.py), else the first node of SLURM_JOB_NODELIST and a port from the
+  job id (ours; two such jobs 20,000 ids apart on one node collide: docs/cluster.md).
 - Neither: one process.
 """
 

@@ -412,3 +412,36 @@ def test_a_record_naming_an_executor_this_version_lacks_is_unknown_naming_the_re
     state = FakeExecutor().states(stages)[stages[0].key]
     assert state.phase is Phase.UNKNOWN and "executor named 'kube'" in state.detail
     assert str(stages[0].record.path) in state.detail
+
+
+def test_a_jobs_ranks_meet_at_a_port_rank_0_chose_free_on_its_node(tmp_path, monkeypatch):
+    """The port of a job's process group: chosen free by rank 0's task on the first node and
+    read by the others from the job's folder, a new one for each start of a requeued job (the
+    port derived from the job id is the same for jobs 20,000 ids apart sharing a node). A
+    MASTER_ADDR the job's setup exported stands; one task needs none."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.executors.slurm import meeting_point
+    from ssl2det.placement import placement
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+
+    def task(rank, job="20001", tasks=2):
+        return placement({"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(tasks),
+                          "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "mn[1-2]",
+                          "SLURM_JOB_ID": job})
+
+    assert task(0).master_port == task(0, job="1").master_port  # the collision avoided
+    with ThreadPoolExecutor(1) as pool:
+        rank_1 = pool.submit(meeting_point, task(1), "0", tmp_path)  # waits for rank 0's file
+        chosen = meeting_point(task(0), "0", tmp_path)
+        assert rank_1.result(timeout=300) == chosen
+    assert chosen["MASTER_ADDR"] == "mn1" and (tmp_path / "meeting.0").is_file()
+    with socket.socket() as s:  # free on this node
+        s.bind(("", int(chosen["MASTER_PORT"])))
+    again = meeting_point(task(0), "1", tmp_path)
+    assert (tmp_path / "meeting.1").read_text() == f"{again['MASTER_PORT']}\n"
+    assert meeting_point(task(0, tasks=1), "0", tmp_path / "none") == {}
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    assert meeting_point(task(1), "2", tmp_path / "none") == {}

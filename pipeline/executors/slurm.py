@@ -10,8 +10,9 @@ requeued (`scontrol requeue`: the same id, its dependents keep waiting) and resu
 How a stage's processes start decides its tasks: one task per rank (pretraining: N nodes x G
 tasks, DDP from SLURM's environment, ssl2det.distributed), one task per node whose launcher
 starts a process per GPU (fine-tuning: detectron2's --num-machines / --machine-rank /
---dist-url from SLURM's environment), or one task. srun ends every task of a job when one
-fails (--kill-on-bad-exit), so a dead or hung rank cannot hold the allocation.
+--dist-url from SLURM's environment), or one task; the tasks of a job meet at a port rank 0's
+task found free (`meeting_point`). srun ends every task of a job when one fails
+(--kill-on-bad-exit), so a dead or hung rank cannot hold the allocation.
 
 Before anything is submitted, `cluster_problems` checks the cluster: sbatch on PATH, the
 partition there, every stage kind's nodes, GPUs, CPUs, memory and time within it. Every problem
@@ -23,12 +24,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 from ssl2det.placement import node_name, placement
 from ssl2det.errors import PREEMPTED, UserError
+from ssl2det.io import atomic_write
 from ssl2det.process import start_logged
 
 from typing import Annotated, Union
@@ -55,6 +58,8 @@ JOB_PREFIX = "ssl2det-"  # every job's name: ssl2det-KIND
 SLURM_FOLDER = "slurm"  # OUTPUT_DIR/slurm/JOBID/: submitit's files of each job
 #: the flag train_net reads its machines from the environment with (one task per node)
 MACHINES_FROM_ENV = "--machines-from-env"
+#: seconds a task waits for rank 0's task to name the job's meeting port
+MEETING_WAIT_S = 300
 
 
 #: sbatch options the launch block sets and the pre-flight checks: {option: the key to use}
@@ -224,6 +229,38 @@ def socket_setup(interface: str) -> list:
         else []
 
 
+def meeting_point(where, restart: str, folder=None) -> dict:
+    """MASTER_ADDR and MASTER_PORT for the ranks of a job of several tasks: the first node
+    (where rank 0 runs) and a port free there, which rank 0's task chooses and writes to the
+    job's folder (`meeting.RESTART`: a requeued job chooses again), and every other task reads
+    (every node sees that folder). The port ssl2det.placement derives from the job id, for a
+    user's own srun, is the same for two jobs 20,000 ids apart on a shared node, and may be
+    another program's. {} for one task, where the job's setup exported MASTER_ADDR (the user's
+    choice stands), or outside a job's step (ssl2det.distributed says so). `folder`: the job's (default: submitit's, of the running job)."""
+    if where.world_size == 1 or os.environ.get("MASTER_ADDR") or not where.master_addr:
+        return {}
+    if folder is None:
+        from submitit import JobEnvironment
+
+        folder = JobEnvironment().paths.folder
+    path = Path(folder) / f"meeting.{restart}"
+    if where.rank == 0:
+        with socket.socket() as s:  # a port nothing on this node holds now
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        atomic_write(str(path), lambda f: f.write(f"{port}\n".encode()))
+    else:
+        deadline = time.monotonic() + MEETING_WAIT_S
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise UserError(f"rank {where.rank} on {node_name()}: rank 0's task did not "
+                                f"write the job's meeting port to {path} within "
+                                f"{MEETING_WAIT_S} s (rank 0's log says why)")
+            time.sleep(0.2)
+        port = int(path.read_text())
+    return {"MASTER_ADDR": where.master_addr, "MASTER_PORT": str(port)}
+
+
 class StageJob:
     """What each task of a stage's SLURM job runs: the stage's command, its output written to
     the stage's log by the command itself (rank 0; rank k to LOG.rankK). On submitit's warning
@@ -250,8 +287,9 @@ class StageJob:
         rank, ranks = where.rank, where.world_size
         log = self.log if rank == 0 else f"{self.log}.rank{rank}"
         Path(log).parent.mkdir(parents=True, exist_ok=True)
+        meeting = meeting_point(where, os.environ.get("SLURM_RESTART_COUNT", "0"))
         started = time.time()
-        self._proc = start_logged(self.command, log)
+        self._proc = start_logged(self.command, log, env={**os.environ, **meeting})
         code = self._proc.wait()
         record = StageRecord(self.record)
         if code == PREEMPTED and rank:
