@@ -149,9 +149,30 @@ def init_distributed(device_type: str, timeout_s: float = 600.0, socket_ifname: 
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        except dist.DistError as e:
+            raise meeting_failed(e, host, port, rank, timeout_s) from None
     return rank, world, local
+
+
+def meeting_failed(error, host: str, port, rank: int, timeout_s: float) -> UserError:
+    """The one line for a process group that could not form at host:port (torch says it in a
+    traceback, after a stream of its store's warnings): rank 0 could not listen there (another
+    program holds the port), or another rank met no store of this run there within the
+    time-out (another program answers there, or rank 0 never started)."""
+    said = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    if "EADDRINUSE" in said or "address already in use" in said.lower():
+        return UnreachableMasterError(
+            f"rank {rank} on {node_name()} cannot listen at port {port}: another program holds "
+            "it (another job's process group, a server); export a free MASTER_PORT (the "
+            "pipeline's SLURM jobs choose one themselves)")
+    return UnreachableMasterError(
+        f"rank {rank} on {node_name()} found no process group of this run at {host}:{port} "
+        f"within {timeout_s:g} s ({said}): another program answers there, or rank 0 did not "
+        "start (its log says why); the address must be rank 0's (MASTER_ADDR and MASTER_PORT; "
+        "train_net's --dist-url)")
 
 
 _THIS_RANK = {}

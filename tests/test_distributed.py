@@ -58,3 +58,41 @@ def test_a_forced_interface_without_an_address_is_one_line_before_any_group_form
                                                      r" has no IPv4 address here; this node has: "
                                                      r".*lo \(127\.0\.0\.1\)"):
         choose_interface("127.0.0.1", 29500, 0, forced="nosuch0")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_port_another_program_holds_is_one_line_not_a_traceback(rank, monkeypatch):
+    """MASTER_PORT held by something that is not this run's store: rank 0 cannot listen there;
+    rank 1 meets a program that closes each connection (torch: a stream of its store's warnings,
+    then a traceback). One line naming the rank, the address and what to change."""
+    import socket
+    import threading
+
+    from ssl2det.distributed import UnreachableMasterError, init_distributed
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+
+    def close_each_connection():
+        while True:
+            try:
+                other.accept()[0].close()
+            except OSError:  # closed at the test's end
+                return
+    threading.Thread(target=close_each_connection, daemon=True).start()
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (("SLURM_PROCID", rank), ("SLURM_NTASKS", 2), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", port), ("GLOO_SOCKET_IFNAME", "lo"),
+                        ("NCCL_SOCKET_IFNAME", "lo")):
+        monkeypatch.setenv(name, str(value))
+    said = (r"rank 0 on \S+ cannot listen at port \d+: another program holds it" if rank == 0
+            else r"rank 1 on \S+ found no process group of this run at 127\.0\.0\.1:\d+ within "
+                 r"3 s \(.+\): another program answers there, or rank 0 did not start")
+    try:
+        with pytest.raises(UnreachableMasterError, match=said):
+            init_distributed("cpu", timeout_s=3)
+    finally:
+        other.close()
