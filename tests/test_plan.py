@@ -378,7 +378,7 @@ def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_ca
                                                      Phase.FAILED]
     assert "SLURM says FUTURE_STATE" in states[stages[1].key].detail
     assert "'someones-notebook' of alice, not this stage's" in states[stages[2].key].detail
-    assert f"slurm/14/14_0_log.err" in states[stages[3].key].detail
+    assert "slurm/14/14_0_log.err" in states[stages[3].key].detail
     with pytest.raises(PipelineError, match="SLURM says FUTURE_STATE"):
         make_plan(stages[1:2], {stages[1].key: "h"}, {stages[1].key: states[stages[1].key]},
                   executor)
