@@ -348,7 +348,8 @@ def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_ca
     """squeue and scancel stood in for by scripts: STOPPED is a live job (it holds its nodes); a
     state a newer SLURM adds is unknown and stops the plan; a recorded id that is now another
     user's job is not this stage's run, and cancelling it is refused; a job that failed before
-    its task wrote anything is a failure naming SLURM's own log, not an interruption."""
+    its task wrote anything is a failure naming SLURM's own log, not an interruption; one SLURM
+    cancelled because the job it waited for failed was not run."""
     import getpass
     import os
 
@@ -357,7 +358,8 @@ def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_ca
 
     me = getpass.getuser()
     rows = {"11": f"STOPPED|ssl2det-fake|{me}", "12": f"FUTURE_STATE|ssl2det-fake|{me}",
-            "13": "RUNNING|someones-notebook|alice", "14": f"FAILED|ssl2det-fake|{me}"}
+            "13": "RUNNING|someones-notebook|alice", "14": f"FAILED|ssl2det-fake|{me}",
+            "15": f"CANCELLED|ssl2det-fake|{me}|DependencyNeverSatisfied"}
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "squeue").write_text("#!/bin/sh\n" + "".join(
@@ -366,7 +368,7 @@ def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_ca
     for tool in ("squeue", "scancel"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    stages = [FakeStage(tmp_path, name) for name in "abcd"]
+    stages = [FakeStage(tmp_path, name) for name in "abcde"]
     for stage, job in zip(stages, rows):
         stage.record.write(hash="h", run={"executor": "slurm", "id": job})
         stage.folder.mkdir(parents=True, exist_ok=True)
@@ -375,10 +377,11 @@ def test_slurm_states_it_does_not_know_stay_unknown_and_only_its_own_jobs_are_ca
     executor = SlurmExecutor(Launch(), tmp_path)
     states = executor.states(stages)
     assert [states[s.key].phase for s in stages] == [Phase.RUNNING, Phase.UNKNOWN, Phase.FAILED,
-                                                     Phase.FAILED]
+                                                     Phase.FAILED, Phase.FAILED]
     assert "SLURM says FUTURE_STATE" in states[stages[1].key].detail
     assert "'someones-notebook' of alice, not this stage's" in states[stages[2].key].detail
     assert "slurm/14/14_0_log.err" in states[stages[3].key].detail
+    assert states[stages[4].key].detail.startswith("not run: a stage it reads did not complete")
     with pytest.raises(PipelineError, match="SLURM says FUTURE_STATE"):
         make_plan(stages[1:2], {stages[1].key: "h"}, {stages[1].key: states[stages[1].key]},
                   executor)

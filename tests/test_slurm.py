@@ -159,7 +159,7 @@ def test_a_job_that_fails_before_its_task_is_a_failure_naming_slurms_own_log(tmp
     """A bad `setup:` line ends the job's batch script before its task starts: the stage is
     FAILED (not "interrupted", the preemption state, which would quote nothing of this run),
     naming the job's own log under OUTPUT/slurm/JOBID/, which holds the line that failed; its
-    dependent is not run."""
+    dependent, which SLURM cancels, reads "not run"."""
     launch = {**SLURM, "slurm": {"setup": ["echo 'module: cuda/99.0 not found' >&2", "exit 3"]}}
     run_file = write_run_file(tmp_path / "run.yaml", {
         "output_dir": str(tmp_path / "run"), "launch": launch, "pretrain": [
@@ -168,8 +168,10 @@ def test_a_job_that_fails_before_its_task_is_a_failure_naming_slurms_own_log(tmp
     followed = run_pipeline(run_file, "--wait", code=1)
     job = _record(tmp_path / "run/pretrain/a/stage.json")["run"]["id"]
     log = tmp_path / f"run/slurm/{job}/{job}_0_log.err"
-    status = _status(run_file)["pretrain a"]
+    statuses = _status(run_file)
+    status = statuses["pretrain a"]
     assert status.startswith(f"FAILED (job {job}") and "before its task ended" in status, status
+    assert "not run: a stage it reads did not complete" in statuses["report"], statuses
     assert str(log) in status and str(log) in followed, followed[-3000:]
     assert "module: cuda/99.0 not found" in log.read_text()
     assert not (tmp_path / "run/report.md").exists()

@@ -122,7 +122,7 @@ def _run(argv) -> str:
 
 
 def job_states(job_ids) -> dict:
-    """{job id: (squeue state, job name, user)} of the jobs SLURM still knows (queued, running,
+    """{job id: (squeue state, job name, user, reason)} of the jobs SLURM still knows (queued, running,
     or ended within MinJobAge); a job it has forgotten is absent. A SchedulerError when squeue
     does not answer: its silence must not read as "no jobs"."""
     ids = sorted({str(j) for j in job_ids if j}, key=lambda j: int(re.sub(r"\D", "", j) or 0))
@@ -133,7 +133,7 @@ def job_states(job_ids) -> dict:
     if not shutil.which("squeue"):
         raise SchedulerError(f"{what}: squeue is not on PATH (run on a machine of the cluster)")
     try:
-        out = _run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i|%T|%j|%u"])
+        out = _run(["squeue", "-h", "--states=all", "-j", ",".join(ids), "-o", "%i|%T|%j|%u|%r"])
     except subprocess.CalledProcessError as e:
         if "Invalid job id" in (e.stderr or ""):  # every id already forgotten
             return {}
@@ -142,8 +142,8 @@ def job_states(job_ids) -> dict:
         raise SchedulerError(f"{what}: squeue did not answer within 60 s") from None
     states = {}
     for line in out.splitlines():
-        job, state, name, user = (line.strip().split("|") + ["", "", ""])[:4]
-        states[job.split("_")[0]] = (state, name, user)
+        job, state, name, user, reason = (line.strip().split("|") + ["", "", "", ""])[:5]
+        states[job.split("_")[0]] = (state, name, user, reason)
     return states
 
 
@@ -336,7 +336,7 @@ class SlurmExecutor(Executor):
             job = jobs[stage.key]
             if job not in states:
                 continue  # forgotten by SLURM: how it ended is in the stage's record
-            state, name, user = states[job]
+            state, name, user, reason = states[job]
             where = f"job {job}"
             if not (_ours(name, user, stage.kind) and user == getpass.getuser()):
                 # the id is another job's now (ids wrap), or the record came from elsewhere
@@ -354,6 +354,10 @@ class SlurmExecutor(Executor):
                     f"task never ran, or was killed: a bad setup: line, a missing module, "
                     f"memory); SLURM's own log: {files}/{job}_0_log.err", run_id=job,
                     by=self.name, settled=True)
+            elif state == "CANCELLED" and reason == "DependencyNeverSatisfied":
+                found[stage.key] = RunState(Phase.FAILED, where, "not run: a stage it reads did "
+                                            "not complete (SLURM cancelled the job waiting for "
+                                            "it)", run_id=job, by=self.name, settled=True)
             elif state in ENDED:
                 found[stage.key] = RunState(Phase.FAILED, where, state.lower(), run_id=job,
                                             by=self.name)
@@ -370,10 +374,10 @@ class SlurmExecutor(Executor):
         if not run_ids:
             return
         states = job_states(run_ids)
-        mine = [job for job in run_ids if str(job) in states and _ours(*states[str(job)][1:])]
+        mine = [job for job in run_ids if str(job) in states and _ours(*states[str(job)][1:3])]
         for job in run_ids:
             if str(job) in states and job not in mine:
-                state, name, user = states[str(job)]
+                name, user = states[str(job)][1:3]
                 print(f"[pipeline] job {job} is {name!r} of {user}, not this pipeline's: left "
                       "alone", flush=True)
         if mine:
