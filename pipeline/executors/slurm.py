@@ -122,9 +122,9 @@ def _run(argv) -> str:
 
 
 def job_states(job_ids) -> dict:
-    """{job id: (squeue state, job name, user, reason)} of the jobs SLURM still knows (queued, running,
-    or ended within MinJobAge); a job it has forgotten is absent. A SchedulerError when squeue
-    does not answer: its silence must not read as "no jobs"."""
+    """{job id: (squeue state, job name, user, reason)} of the jobs SLURM still knows (queued,
+    running, or ended within MinJobAge); a job it has forgotten is absent. A SchedulerError when
+    squeue does not answer: its silence must not read as "no jobs"."""
     ids = sorted({str(j) for j in job_ids if j}, key=lambda j: int(re.sub(r"\D", "", j) or 0))
     if not ids:
         return {}
@@ -236,7 +236,8 @@ def meeting_point(where, restart: str, folder=None) -> dict:
     (every node sees that folder). The port ssl2det.placement derives from the job id, for a
     user's own srun, is the same for two jobs 20,000 ids apart on a shared node, and may be
     another program's. {} for one task, where the job's setup exported MASTER_ADDR (the user's
-    choice stands), or outside a job's step (ssl2det.distributed says so). `folder`: the job's (default: submitit's, of the running job)."""
+    choice stands), or outside a job's step (ssl2det.distributed says so). `folder`: the job's
+    (default: submitit's, of the running job)."""
     if where.world_size == 1 or os.environ.get("MASTER_ADDR") or not where.master_addr:
         return {}
     if folder is None:
