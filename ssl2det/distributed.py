@@ -7,6 +7,7 @@ slice), and DDP averages the parameter gradients. tests/test_distributed.py chec
 """
 
 import array
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -14,6 +15,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 
 import torch
@@ -75,15 +77,33 @@ def route_to(host: str, port: int) -> tuple:
     return _interface_addresses().get(local, "lo" if local.startswith("127.") else "?"), local
 
 
+#: seconds the probe listens on a new connection: a torch.distributed store says nothing
+#: until its client speaks, and does not close it
+_SILENCE_S = 0.3
+
+
 def _probe_master(host: str, port: int, interface: str, rank: int, seconds: float) -> None:
     """A connection to the master within `seconds`: refused is fine (its store may not listen
-    yet; the host answered), no answer or no route is an UnreachableMasterError, not a hang."""
+    yet; the host answered), no answer or no route is an UnreachableMasterError, not a hang.
+    A program that greets first (ssh) or closes the connection at once is not a store: torch's
+    client would retry it until DIST.TIMEOUT_S; it is an UnreachableMasterError now."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            socket.create_connection((host, port), timeout=max(0.5, deadline - time.monotonic())
-                                     ).close()
-            return
+            with socket.create_connection((host, port),
+                                          timeout=max(0.5, deadline - time.monotonic())) as c:
+                c.settimeout(_SILENCE_S)
+                try:
+                    said = c.recv(32)
+                    what = f"greets with {said!r}" if said else "closes the connection at once"
+                except socket.timeout:
+                    return
+                except ConnectionResetError:
+                    what = "resets the connection at once"
+            raise UnreachableMasterError(
+                f"rank {rank} on {node_name()}: {host}:{port} is not a torch.distributed store: "
+                f"it {what} (another program holds the port); the address must be rank 0's "
+                "(MASTER_ADDR and MASTER_PORT; train_net's --dist-url)")
         except ConnectionRefusedError:
             return
         except OSError as e:
@@ -149,12 +169,34 @@ def init_distributed(device_type: str, timeout_s: float = 600.0, socket_ifname: 
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        try:
+        with forming_group(host, port, rank, timeout_s):
             dist.init_process_group(backend, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=timeout_s))
-        except dist.DistError as e:
-            raise meeting_failed(e, host, port, rank, timeout_s) from None
     return rank, world, local
+
+
+@contextlib.contextmanager
+def forming_group(host: str, port, rank: int, timeout_s: float):
+    """Around the call that forms a process group at host:port: torch's errors as one line
+    (`meeting_failed`), and a bound torch does not keep. Its store client, facing a program
+    that accepts connections and says nothing, retries far past its time-out (3 s asked, over
+    60 s seen); past twice the time-out (its connection, then its barrier) and 5 s more, this
+    rank says so in one line and exits, from a thread, since the call does not return."""
+    bound = 2 * timeout_s + 5
+
+    def give_up():
+        said = meeting_failed(TimeoutError("no answer"), host, port, rank, bound)
+        print(f"error: {said}", file=sys.stderr, flush=True)
+        os._exit(said.exit_code)
+    watchdog = threading.Timer(bound, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    except dist.DistError as e:
+        raise meeting_failed(e, host, port, rank, timeout_s) from None
+    finally:
+        watchdog.cancel()
 
 
 def meeting_failed(error, host: str, port, rank: int, timeout_s: float) -> UserError:

@@ -1,6 +1,8 @@
 """Two gloo processes on the CPU, each with half the batch, get the gradients of one process
 holding the whole batch: the cross-rank gathers and the synchronised BN are exact."""
 
+import re
+
 import pytest
 import torch
 
@@ -60,39 +62,62 @@ def test_a_forced_interface_without_an_address_is_one_line_before_any_group_form
         choose_interface("127.0.0.1", 29500, 0, forced="nosuch0")
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_a_port_another_program_holds_is_one_line_not_a_traceback(rank, monkeypatch):
-    """MASTER_PORT held by something that is not this run's store: rank 0 cannot listen there;
-    rank 1 meets a program that closes each connection (torch: a stream of its store's warnings,
-    then a traceback). One line naming the rank, the address and what to change."""
+@pytest.mark.parametrize("other", ["holds the port", "closes each connection", "says nothing"])
+def test_a_port_another_program_holds_is_one_line_not_a_traceback(other, monkeypatch):
+    """MASTER_PORT held by something that is not this run's store. Rank 0 cannot listen there
+    (torch: a traceback). Rank 1 meets a program that closes each connection: known at once,
+    by the probe (torch: a stream of its store's warnings, then a traceback); or one that
+    accepts and says nothing, as a store would: torch's client then waited far past its
+    time-out, so the rank gives up after twice DIST.TIMEOUT_S and 5 s (a process of its own
+    here: it exits from a thread). One line naming the rank, the address and what to change."""
     import socket
+    import subprocess
+    import sys
     import threading
 
+    from conftest import REPO
     from ssl2det.distributed import UnreachableMasterError, init_distributed
 
-    other = socket.socket()
-    other.bind(("127.0.0.1", 0))
-    other.listen()
-    port = other.getsockname()[1]
+    program = socket.socket()
+    program.bind(("127.0.0.1", 0))
+    program.listen()
+    port, held = program.getsockname()[1], []
 
-    def close_each_connection():
+    def serve():
         while True:
             try:
-                other.accept()[0].close()
+                connection = program.accept()[0]
             except OSError:  # closed at the test's end
                 return
-    threading.Thread(target=close_each_connection, daemon=True).start()
+            if other == "closes each connection":
+                connection.close()
+            else:
+                held.append(connection)
+    threading.Thread(target=serve, daemon=True).start()
+    rank = 0 if other == "holds the port" else 1
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     for name, value in (("SLURM_PROCID", rank), ("SLURM_NTASKS", 2), ("MASTER_ADDR", "127.0.0.1"),
                         ("MASTER_PORT", port), ("GLOO_SOCKET_IFNAME", "lo"),
                         ("NCCL_SOCKET_IFNAME", "lo")):
         monkeypatch.setenv(name, str(value))
-    said = (r"rank 0 on \S+ cannot listen at port \d+: another program holds it" if rank == 0
-            else r"rank 1 on \S+ found no process group of this run at 127\.0\.0\.1:\d+ within "
-                 r"3 s \(.+\): another program answers there, or rank 0 did not start")
     try:
+        if other == "says nothing":
+            rank_1 = subprocess.run(
+                [sys.executable, "-c", "from ssl2det.errors import one_line_errors; from ssl2det."
+                 "distributed import init_distributed; one_line_errors(lambda: init_distributed("
+                 "'cpu', timeout_s=1))()"], capture_output=True, text=True, timeout=300, cwd=REPO)
+            assert rank_1.returncode == 1 and "Traceback" not in rank_1.stderr, rank_1.stderr
+            assert re.search(r"error: rank 1 on \S+ found no process group of this run at "
+                             rf"127\.0\.0\.1:{port} within 7 s \(no answer\): another program "
+                             "answers there", rank_1.stderr), rank_1.stderr[-2000:]
+            return
+        said = (r"rank 0 on \S+ cannot listen at port \d+: another program holds it" if rank == 0
+                else r"rank 1 on \S+: 127\.0\.0\.1:\d+ is not a torch\.distributed store: it "
+                     r"(closes|resets) the connection at once \(another program holds the port\)")
         with pytest.raises(UnreachableMasterError, match=said):
             init_distributed("cpu", timeout_s=3)
     finally:
-        other.close()
+        program.close()
+        for connection in held:
+            connection.close()

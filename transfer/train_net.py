@@ -27,7 +27,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ssl2det.detectron2_internals import allow_ddp_on_cpus, set_local_process_group
-from ssl2det.distributed import choose_interface, meeting_failed
+from ssl2det.distributed import choose_interface, forming_group
 from ssl2det.placement import placement
 from ssl2det.errors import ConfigError, one_line_errors
 from ssl2det.process import die_with_parent
@@ -154,12 +154,10 @@ def launch_on_cpus(args, timeout):
     if args.num_gpus != 1:
         raise ConfigError(f"--num-gpus {args.num_gpus} over {args.num_machines} machines without "
                           "GPUs: one process per machine runs there (--num-gpus 1)")
-    try:
+    host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
+    with forming_group(host, port, args.machine_rank, args.dist_timeout_s):
         dist.init_process_group("gloo", init_method=args.dist_url, world_size=args.num_machines,
                                 rank=args.machine_rank, timeout=timeout)
-    except dist.DistError as e:
-        host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
-        raise meeting_failed(e, host, port, args.machine_rank, args.dist_timeout_s) from None
     groups = [dist.new_group([machine]) for machine in range(args.num_machines)]
     set_local_process_group(groups[args.machine_rank])
     allow_ddp_on_cpus()
