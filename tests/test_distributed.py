@@ -62,7 +62,8 @@ def test_a_forced_interface_without_an_address_is_one_line_before_any_group_form
         choose_interface("127.0.0.1", 29500, 0, forced="nosuch0")
 
 
-@pytest.mark.parametrize("other", ["holds the port", "closes each connection", "says nothing"])
+@pytest.mark.parametrize("other", ["holds the port", "closes each connection", pytest.param(
+    "says nothing", marks=pytest.mark.slow)])  # (slow: it waits out a time-out)
 def test_a_port_another_program_holds_is_one_line_not_a_traceback(other, monkeypatch):
     """MASTER_PORT held by something that is not this run's store. Rank 0 cannot listen there
     (torch: a traceback). Rank 1 meets a program that closes each connection: known at once,
