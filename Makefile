@@ -22,7 +22,7 @@ demo: install
 test: install-test
 	$(ENV_PY) -m pytest tests
 
-## test-fast: the unit tests only (no training run, no cluster): the inner loop, under 2 minutes
+## test-fast: the unit tests only (no training run, no cluster): the inner loop, about 2 minutes
 test-fast: install-test
 	$(ENV_PY) -m pytest tests -m "not slow and not slurm"
 
