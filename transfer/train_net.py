@@ -132,8 +132,7 @@ def main(argv=None):
         args.num_machines, args.machine_rank = where.nodes, where.node_rank
         args.dist_url = f"tcp://{where.master_addr}:{port}"
     if args.num_machines > 1:  # the interface that reaches the first machine, for every worker
-        host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
-        choose_interface(host, int(port), args.machine_rank)
+        choose_interface(*_master(args), args.machine_rank)
     if args.num_gpus > max(1, torch.cuda.device_count()):
         raise ConfigError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are "
                           "visible; without GPUs use --num-gpus 1 (the CPU, one process)")
@@ -147,6 +146,12 @@ def main(argv=None):
     return 0
 
 
+def _master(args) -> tuple:
+    """(host, port) of --dist-url tcp://HOST:PORT."""
+    host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
+    return host, int(port)
+
+
 def launch_on_cpus(args, timeout):
     """One process per machine on CPUs (gloo): detectron2's `launch` spawns a worker per GPU
     and needs CUDA for more than one process; BN is synchronised by naiveSyncBN there
@@ -154,8 +159,7 @@ def launch_on_cpus(args, timeout):
     if args.num_gpus != 1:
         raise ConfigError(f"--num-gpus {args.num_gpus} over {args.num_machines} machines without "
                           "GPUs: one process per machine runs there (--num-gpus 1)")
-    host, _, port = args.dist_url.removeprefix("tcp://").rpartition(":")
-    with forming_group(host, port, args.machine_rank, args.dist_timeout_s):
+    with forming_group(*_master(args), args.machine_rank, args.dist_timeout_s):
         dist.init_process_group("gloo", init_method=args.dist_url, world_size=args.num_machines,
                                 rank=args.machine_rank, timeout=timeout)
     groups = [dist.new_group([machine]) for machine in range(args.num_machines)]
