@@ -19,6 +19,7 @@ partition there, every stage kind's nodes, GPUs, CPUs, memory and time within it
 in one list, nothing submitted. docs/cluster.md.
 """
 
+import collections
 import getpass
 import os
 import re
@@ -121,8 +122,12 @@ def _run(argv) -> str:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+#: what squeue says of one job
+JobState = collections.namedtuple("JobState", "state name user reason")
+
+
 def job_states(job_ids) -> dict:
-    """{job id: (squeue state, job name, user, reason)} of the jobs SLURM still knows (queued,
+    """{job id: JobState} of the jobs SLURM still knows (queued,
     running, or ended within MinJobAge); a job it has forgotten is absent. A SchedulerError when
     squeue does not answer: its silence must not read as "no jobs"."""
     ids = sorted({str(j) for j in job_ids if j}, key=lambda j: int(re.sub(r"\D", "", j) or 0))
@@ -143,7 +148,7 @@ def job_states(job_ids) -> dict:
     states = {}
     for line in out.splitlines():
         job, state, name, user, reason = (line.strip().split("|") + ["", "", "", ""])[:5]
-        states[job.split("_")[0]] = (state, name, user, reason)
+        states[job.split("_")[0]] = JobState(state, name, user, reason)
     return states
 
 
@@ -375,12 +380,13 @@ class SlurmExecutor(Executor):
         if not run_ids:
             return
         states = job_states(run_ids)
-        mine = [job for job in run_ids if str(job) in states and _ours(*states[str(job)][1:3])]
+        mine = [job for job in run_ids
+                if str(job) in states and _ours(states[str(job)].name, states[str(job)].user)]
         for job in run_ids:
             if str(job) in states and job not in mine:
-                name, user = states[str(job)][1:3]
-                print(f"[pipeline] job {job} is {name!r} of {user}, not this pipeline's: left "
-                      "alone", flush=True)
+                known = states[str(job)]
+                print(f"[pipeline] job {job} is {known.name!r} of {known.user}, not this "
+                      "pipeline's: left alone", flush=True)
         if mine:
             subprocess.run(["scancel", *mine], capture_output=True)
 
